@@ -1,0 +1,55 @@
+"""Command line: `python -m course_lib COMMAND --help`.
+
+    train --preset NAME   train (or resume) a preset; checkpoints under data/runs/NAME/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from course_lib import env, presets, train
+    from course_lib.model import Transformer
+
+    overrides = {k: v for k, v in (("steps", args.steps), ("precision", args.precision)) if v is not None}
+    preset = presets.get_preset(args.preset, **overrides)
+    out_dir = args.out or preset.out_dir
+    env.seed_everything(preset.train.seed)
+    model = Transformer(preset.model)
+    source = train.TextBatches(preset.corpus, preset.train.seq_len)
+    print(f"preset {preset.name}: {preset.description}")
+    print(f"{model.num_params():,} parameters; {source.corpus.describe()}; checkpoints in {out_dir}")
+    result = train.train(
+        model, preset.train, source=source, out_dir=out_dir, resume=not args.restart,
+        device=args.device,
+    )
+    if result.final_val_loss is not None:
+        row = result.history[-1]
+        print(f"step {row['step']}: validation {row['val_bits']:.3f} bits per token")
+    return 130 if result.interrupted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="train or resume a preset")
+    p.add_argument("--preset", required=True, help="a name from course_lib.presets.PRESETS")
+    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="override autocast")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: automatic)")
+    p.add_argument("--out", help="checkpoint folder (default: data/runs/PRESET)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(run=_train)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

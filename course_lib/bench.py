@@ -1,0 +1,102 @@
+"""Timing done honestly (notebook 00 introduces it; notebooks 09-10 rely on it).
+
+A measurement warms up first (first calls pay for allocation, kernel selection and, on a
+GPU, compilation), synchronises the device before reading the clock (GPU work is queued,
+not finished, when a Python call returns), and reports the median of several runs with
+their spread. Every result carries its protocol so a number is never printed without it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from course_lib import env
+
+
+@dataclass
+class Timing:
+    """Seconds per call: the median of `repeats` runs after `warmup` discarded ones."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    warmup: int
+    device: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.median_s * 1e3:.3f} ms (median of {self.repeats}, range "
+            f"{self.min_s * 1e3:.3f}-{self.max_s * 1e3:.3f} ms, {self.warmup} warm-up, {self.device})"
+        )
+
+
+def time_fn(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    device: torch.device | str = "cpu",
+    min_time_s: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Time `fn()`: `warmup` untimed calls, then `repeats` timed ones, each synchronised.
+
+    With `min_time_s` > 0, each timed run calls `fn` enough times in a row to last at least
+    that long and reports the time per call (for calls too short for the clock).
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    env.synchronize(device)
+    inner = 1
+    if min_time_s > 0:
+        start = clock()
+        fn()
+        env.synchronize(device)
+        one = max(clock() - start, 1e-9)
+        inner = max(1, int(min_time_s / one))
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        for _ in range(inner):
+            fn()
+        env.synchronize(device)
+        times.append((clock() - start) / inner)
+    return Timing(
+        median_s=statistics.median(times), min_s=min(times), max_s=max(times),
+        repeats=repeats, warmup=warmup, device=str(device),
+    )
+
+
+def forward_time_vs_tokens(
+    model: torch.nn.Module,
+    token_counts: list[int],
+    *,
+    batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> dict[int, Timing]:
+    """Time one forward pass scoring `n` positions at once, for each n in `token_counts`.
+
+    The course's first measurement (notebook 00): the time grows far more slowly than n,
+    because every forward reads all the weights once, however many positions it scores.
+    """
+    device = next(model.parameters()).device
+    results = {}
+    model.eval()
+    with torch.inference_mode():
+        for n in token_counts:
+            ids = torch.randint(0, model.config.vocab_size, (batch_size, n), device=device)
+            results[n] = time_fn(lambda ids=ids: model(ids), warmup=warmup, repeats=repeats, device=device)
+    return results

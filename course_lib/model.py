@@ -1,0 +1,273 @@
+"""One transformer for every model of the course (notebook 02).
+
+The same network is an autoregressive model, a masked-diffusion denoiser or a block-diffusion
+model; only the attention pattern changes:
+
+- ``"causal"``: position i sees positions <= i (AR models; KV cache supported).
+- ``"bidirectional"``: every position sees every position (masked diffusion).
+- ``"block_causal"``: positions are grouped in blocks of `block_len`; position i sees every
+  position whose block is <= its own (block diffusion; KV cache supported).
+
+`forward(idx)` maps ids (B, L) to logits (B, L, vocab_size). The input embedding has one more
+row than the output head: the mask id `vocab_size` can be read but never predicted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ATTENTIONS = ("causal", "bidirectional", "block_causal")
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a `Transformer`. Defaults: the course's small character model."""
+
+    vocab_size: int = 98  # real tokens; the mask id is vocab_size (an input only)
+    context_len: int = 256  # longest sequence the position embedding covers
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    attention: str = "causal"
+    block_len: int | None = None  # only for attention="block_causal"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        for name in ("vocab_size", "context_len", "n_layer", "n_head", "d_model", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention == "block_causal":
+            if self.block_len is None or self.block_len < 1:
+                raise ValueError("attention='block_causal' needs a positive block_len")
+            if self.context_len % self.block_len:
+                raise ValueError(
+                    f"block_len={self.block_len} must divide context_len={self.context_len}"
+                )
+        elif self.block_len is not None:
+            raise ValueError(f"block_len is only for attention='block_causal', not {self.attention!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def attention_mask(config: ModelConfig, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+    """Which keys each query may see: bool (Lq, Lk), True = allowed; None = everything.
+
+    `q_pos` and `k_pos` are absolute positions, so the same rule serves a full forward and a
+    forward that appends to a KV cache.
+    """
+    if config.attention == "bidirectional":
+        return None
+    if config.attention == "causal":
+        return k_pos[None, :] <= q_pos[:, None]
+    block_len = config.block_len
+    return (k_pos[None, :] // block_len) <= (q_pos[:, None] // block_len)
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, filled left to right.
+
+    Buffers are (B, n_head, context_len, head_dim) per layer and never move or grow, so a
+    decoding loop that uses them has static shapes. `length` counts the cached positions.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (batch_size, config.n_head, config.context_len, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.batch_size = batch_size
+        self.capacity = config.context_len
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        start: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        H, D = self.config.n_head, self.config.head_dim
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H, D).transpose(1, 2)
+        v = v.view(B, T, H, D).transpose(1, 2)
+        if cache is not None:
+            # write the new keys/values after the cached ones and attend to all of them
+            cache.keys[layer][:, :, start : start + T] = k
+            cache.values[layer][:, :, start : start + T] = v
+            k = cache.keys[layer][:, :, : start + T]  # (B, H, start + T, D)
+            v = cache.values[layer][:, :, : start + T]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.mlp_ratio * config.d_model)
+        self.proj = nn.Linear(config.mlp_ratio * config.d_model, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, cache=None, layer=0, start=0):
+        x = x + self.attn(self.ln1(x), mask, cache, layer, start)
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """A GPT-style transformer whose attention pattern is set by `config.attention`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_emb = nn.Embedding(config.vocab_size + 1, config.d_model)  # +1: mask id
+        self.pos_emb = nn.Embedding(config.context_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections so the residual stream's variance stays O(1)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.vocab_size
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        update_cache: bool = True,
+    ) -> torch.Tensor:
+        """Logits (B, L, vocab_size) for ids `idx` (B, L).
+
+        With a `cache`, `idx` holds the next L positions after the `cache.length` cached
+        ones; they attend to the cache and to each other under the model's mask. The cache
+        then keeps them (`update_cache=True`) or forgets them (False: e.g. a block that is
+        still being denoised).
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (batch, length), got shape {tuple(idx.shape)}")
+        B, L = idx.shape
+        start = 0
+        if cache is not None:
+            if self.config.attention == "bidirectional":
+                raise ValueError(
+                    "a bidirectional model has no exact KV cache: every position's keys change "
+                    "when any token changes (notebook 08 shows an approximate prefix cache)"
+                )
+            if cache.batch_size != B:
+                raise ValueError(f"cache is for batch {cache.batch_size}, idx has batch {B}")
+            start = cache.length
+        if start + L > self.config.context_len:
+            raise ValueError(
+                f"sequence of {start + L} positions is longer than the model's context "
+                f"({self.config.context_len}); shorten the prompt or the generation"
+            )
+        positions = torch.arange(start, start + L, device=idx.device)
+        x = self.drop(self.token_emb(idx) + self.pos_emb(positions))  # (B, L, d_model)
+        key_positions = torch.arange(start + L, device=idx.device)
+        mask = attention_mask(self.config, positions, key_positions)  # (L, start + L) or None
+        for layer, block in enumerate(self.blocks):
+            x = block(x, mask, cache, layer, start)
+        if cache is not None and update_cache:
+            cache.length = start + L
+        return self.head(self.ln_f(x))  # (B, L, vocab_size)
+
+    def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for this model on its device."""
+        p = self.head.weight
+        return KVCache(self.config, batch_size, device=p.device, dtype=dtype or p.dtype)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the embeddings (the usual scaling-law count)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.token_emb.weight.numel() + self.pos_emb.weight.numel()
+        return n
+
+
+def forward_flops(config: ModelConfig, n_tokens: int, context: int | None = None) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward that scores `n_tokens` positions.
+
+    Each scored token costs 2 FLOPs per weight of every matmul (the `2N` rule) plus its
+    attention: 2 * 2 * d_model FLOPs per layer per key it attends to (scores QK^T and the
+    weighted sum of V). `context` is the number of keys each query sees (default: n_tokens,
+    i.e. full attention over the scored positions).
+    """
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+    context = n_tokens if context is None else context
+    d, f = config.d_model, config.mlp_ratio * config.d_model
+    matmul_weights_per_layer = d * 3 * d + d * d + d * f + f * d
+    head_weights = d * config.vocab_size
+    dense = 2 * n_tokens * (config.n_layer * matmul_weights_per_layer + head_weights)
+    attention = 2 * 2 * config.n_layer * n_tokens * context * d
+    return dense + attention

@@ -1,0 +1,70 @@
+"""Named training runs: model shape, data and schedule, fully specified in code.
+
+`python -m course_lib train --preset NAME` runs one; the notebooks use the same names. The
+"-tiny" presets are for fast mode (tests and a first look); the others are the course's real
+models. Each run is resumable: start it again and it continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from course_lib import env
+from course_lib.model import ModelConfig
+from course_lib.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: ModelConfig
+    train: TrainConfig
+    corpus: str = "pystdlib"
+
+    @property
+    def out_dir(self):
+        """Where `python -m course_lib train` keeps this preset's run."""
+        return env.DATA_DIR / "runs" / self.name
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    PRESETS[preset.name] = preset
+    return preset
+
+
+register(
+    Preset(
+        name="ar-tiny",
+        description="a 2-layer AR model trained for seconds (fast mode, tests)",
+        model=ModelConfig(context_len=64, n_layer=2, n_head=2, d_model=64),
+        train=TrainConfig(
+            objective="ar", steps=60, batch_size=16, seq_len=64, lr=2e-3, warmup_steps=10,
+            eval_every=20, eval_batches=4, checkpoint_every=20, seed=0,
+        ),
+    )
+)
+register(
+    Preset(
+        name="ar-small",
+        description="notebook 03's AR model: 4 layers, d=256, a few minutes on a laptop CPU",
+        model=ModelConfig(context_len=128, n_layer=4, n_head=4, d_model=256),
+        train=TrainConfig(
+            objective="ar", steps=1200, batch_size=32, seq_len=128, lr=2e-3, warmup_steps=100,
+            eval_every=100, eval_batches=8, checkpoint_every=100, seed=0,
+        ),
+    )
+)
+
+
+def get_preset(name: str, **train_overrides) -> Preset:
+    """The preset `name`, with any TrainConfig fields replaced (e.g. steps=10)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    if train_overrides:
+        preset = replace(preset, train=replace(preset.train, **train_overrides))
+    return preset

@@ -1,0 +1,331 @@
+"""One training loop for every model of the course (notebook 03 introduces it).
+
+Nothing is hidden in a framework: AdamW, linear warm-up then cosine decay of the learning
+rate, gradient clipping, bfloat16 autocast where it is fast (see `env.autocast_dtype`),
+periodic evaluation, atomic checkpoints, resume, and DistributedDataParallel under torchrun.
+
+The loop does not know what it trains. An *objective* turns a batch into a scalar loss:
+`"ar"` (next-token cross-entropy, here) or the diffusion objectives registered in
+`OBJECTIVES` by later modules. A *batch source* hands out batches (text windows or samples of
+a synthetic distribution).
+
+Interrupting (Ctrl-C, or an error) saves a checkpoint of the last finished step; running the
+same call again resumes from it and reaches exactly the result of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from course_lib import checkpoints, data, env
+from course_lib.model import Transformer
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run besides the model's shape."""
+
+    objective: str = "ar"
+    steps: int = 2000
+    batch_size: int = 32  # sequences per step, summed over all processes
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 8
+    checkpoint_every: int = 200
+    seed: int = 0
+    precision: str = "auto"  # "auto" (bf16 where fast), "bf16" or "fp32"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.lr <= 0:
+            raise ValueError("warmup_steps must be >= 0 and lr > 0")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for `step` (0-based): linear warm-up, then cosine down to min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+# -- what is trained on, and how it is scored -----------------------------------------------
+
+
+class BatchSource(Protocol):
+    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """A (batch_size, length) LongTensor of ids from "train" or "val"."""
+        ...
+
+
+class TextBatches:
+    """Random windows of `seq_len + 1` characters from a corpus's train or val split."""
+
+    def __init__(self, corpus: data.Corpus | str = "pystdlib", seq_len: int = 256) -> None:
+        self.corpus = data.load_corpus(corpus) if isinstance(corpus, str) else corpus
+        self.ids = data.encode_corpus(self.corpus)
+        self.seq_len = seq_len
+
+    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        if split not in self.ids:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        return data.get_batch(self.ids[split], batch_size, self.seq_len, generator=generator)
+
+
+def ar_loss(model: torch.nn.Module, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next-token cross-entropy in nats per token: predict batch[:, 1:] from batch[:, :-1]."""
+    logits = model(batch[:, :-1])  # (B, L, V)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
+# objective name -> loss(model, batch, generator) in nats per token; later modules add theirs
+OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {"ar": ar_loss}
+
+
+def get_objective(name: str) -> Callable[..., torch.Tensor]:
+    if name not in OBJECTIVES and name != "ar":
+        import course_lib.diffusion  # noqa: F401  (registers the diffusion objectives)
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}: choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one row per evaluation
+    checkpoint: Path | None = None
+    steps_done: int = 0
+    wall_time_s: float = 0.0  # this call's time, resumed parts excluded
+    interrupted: bool = False
+
+    @property
+    def final_val_loss(self) -> float | None:
+        rows = [r for r in self.history if "val_loss" in r]
+        return rows[-1]["val_loss"] if rows else None
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    source: BatchSource,
+    cfg: TrainConfig,
+    loss_fn: Callable[..., torch.Tensor],
+    *,
+    split: str = "val",
+    device: torch.device | str = "cpu",
+    autocast: torch.dtype | None = None,
+) -> float:
+    """Mean loss (nats per token) over `cfg.eval_batches` fixed batches of `split`."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(1234)  # the same batches at every evaluation
+    total = 0.0
+    for _ in range(cfg.eval_batches):
+        batch = source.get_batch(split, cfg.batch_size, generator).to(device)
+        with _autocast(device, autocast):
+            total += loss_fn(model, batch, generator).item()
+    model.train(was_training)
+    return total / cfg.eval_batches
+
+
+def _autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    return env.autocast_dtype(device)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train(
+    model: Transformer,
+    cfg: TrainConfig,
+    *,
+    source: BatchSource | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place for `cfg.steps` steps; checkpoint to `out_dir`/last.pt.
+
+    With `resume=True` and a checkpoint of the same configuration in `out_dir`, training
+    continues from it. `on_step(step, loss)` is called after every step (for plots or tests).
+    """
+    rank, world = _distributed()
+    if device is None:
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if (
+            world > 1 and torch.cuda.is_available()
+        ) else env.get_device()
+    device = torch.device(device)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    loss_fn = get_objective(cfg.objective)
+    source = source if source is not None else TextBatches("pystdlib", cfg.seq_len)
+    autocast = _precision(cfg, device)
+    model.to(device).train()
+    optimizer = _make_optimizer(model, cfg, device)
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # which windows are drawn
+    loss_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the objective's own noise
+    result = TrainResult()
+    start_step = 0
+    ckpt_path = Path(out_dir) / "last.pt" if out_dir is not None else None
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        start_step = _restore(ckpt_path, model, optimizer, cfg, data_gen, loss_gen, result)
+        if rank == 0 and progress:
+            print(f"resuming from {ckpt_path} at step {start_step}")
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    local = cfg.batch_size // world
+    bar = tqdm(
+        total=cfg.steps, initial=start_step, disable=not progress or rank != 0, desc="train",
+        mininterval=1.0,
+    )
+    step = start_step
+    t0 = time.perf_counter()
+    tokens_seen = 0
+
+    def save() -> None:
+        if ckpt_path is not None and rank == 0:
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "data_generator": data_gen.get_state(),
+                "loss_generator": loss_gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "train_config": asdict(cfg),
+                "history": result.history,
+            }
+            checkpoints.save_checkpoint(ckpt_path, model, train_state=state)
+        if world > 1:
+            dist.barrier()
+        result.checkpoint = ckpt_path
+
+    try:
+        while step < cfg.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            # every process draws the same global batch and keeps its own slice, so the
+            # averaged gradient is exactly the single-process gradient of the whole batch
+            batch = source.get_batch("train", cfg.batch_size, data_gen)
+            batch = batch[rank * local : (rank + 1) * local].to(device)
+            with _autocast(device, autocast):
+                loss = loss_fn(net, batch, loss_gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            tokens_seen += batch.numel() * world
+            loss_value = loss.item()
+            if world > 1:
+                mean = torch.tensor([loss_value], device=device)
+                dist.all_reduce(mean)
+                loss_value = mean.item() / world
+            if on_step is not None:
+                on_step(step, loss_value)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(step - 1, cfg):.1e}", refresh=False)
+            bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                val = evaluate(model, source, cfg, loss_fn, device=device, autocast=autocast)
+                elapsed = time.perf_counter() - t0
+                result.history.append(
+                    {
+                        "step": step,
+                        "train_loss": loss_value,
+                        "val_loss": val,
+                        "val_bits": val / math.log(2),
+                        "lr": lr_at(step - 1, cfg),
+                        "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+                    }
+                )
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save()
+    except KeyboardInterrupt:
+        save()
+        result.interrupted = True
+        if rank == 0:
+            where = f"; run the same call again to resume from {ckpt_path}" if ckpt_path else ""
+            print(f"\ninterrupted at step {step}{where}")
+    except BaseException:
+        save()  # nothing is lost: the last finished step is on disk
+        raise
+    finally:
+        bar.close()
+    result.steps_done = step
+    result.wall_time_s = time.perf_counter() - t0
+    return result
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # weight decay on matrices only; biases, norms and embeddings are left alone
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
+
+
+def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> int:
+    payload = checkpoints.read_checkpoint(path)
+    state = payload.get("train_state")
+    if not state:
+        raise ValueError(f"{path} has no training state to resume from (a shipped checkpoint?)")
+    if state["train_config"] != asdict(cfg):
+        changed = {k: (state["train_config"].get(k), v) for k, v in asdict(cfg).items() if state["train_config"].get(k) != v}
+        raise ValueError(
+            f"{path} was trained with another configuration ({changed}); pass resume=False "
+            "to start over, or use another out_dir"
+        )
+    checkpoints.load_weights(model, payload, source=str(path))
+    optimizer.load_state_dict(state["optimizer"])
+    data_gen.set_state(state["data_generator"])
+    loss_gen.set_state(state["loss_generator"])
+    torch.set_rng_state(state["torch_rng"])
+    result.history = list(state["history"])
+    return int(state["step"])
