@@ -1,6 +1,6 @@
 """Command line: `python -m course_lib COMMAND --help`.
 
-    train --preset NAME   train (or resume) a preset; checkpoints under data/runs/NAME/
+train --preset NAME   train (or resume) a preset; checkpoints under data/runs/NAME/
 """
 
 from __future__ import annotations
@@ -13,16 +13,24 @@ def _train(args: argparse.Namespace) -> int:
     from course_lib import env, presets, train
     from course_lib.model import Transformer
 
-    overrides = {k: v for k, v in (("steps", args.steps), ("precision", args.precision)) if v is not None}
+    overrides = {
+        k: v for k, v in (("steps", args.steps), ("precision", args.precision)) if v is not None
+    }
     preset = presets.get_preset(args.preset, **overrides)
     out_dir = args.out or preset.out_dir
     env.seed_everything(preset.train.seed)
     model = Transformer(preset.model)
     source = train.TextBatches(preset.corpus, preset.train.seq_len)
     print(f"preset {preset.name}: {preset.description}")
-    print(f"{model.num_params():,} parameters; {source.corpus.describe()}; checkpoints in {out_dir}")
+    print(
+        f"{model.num_params():,} parameters; {source.corpus.describe()}; checkpoints in {out_dir}"
+    )
     result = train.train(
-        model, preset.train, source=source, out_dir=out_dir, resume=not args.restart,
+        model,
+        preset.train,
+        source=source,
+        out_dir=out_dir,
+        resume=not args.restart,
         device=args.device,
     )
     if result.final_val_loss is not None:
@@ -32,8 +40,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("train", help="train or resume a preset")
     p.add_argument("--preset", required=True, help="a name from course_lib.presets.PRESETS")

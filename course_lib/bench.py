@@ -74,8 +74,12 @@ def time_fn(
         env.synchronize(device)
         times.append((clock() - start) / inner)
     return Timing(
-        median_s=statistics.median(times), min_s=min(times), max_s=max(times),
-        repeats=repeats, warmup=warmup, device=str(device),
+        median_s=statistics.median(times),
+        min_s=min(times),
+        max_s=max(times),
+        repeats=repeats,
+        warmup=warmup,
+        device=str(device),
     )
 
 
@@ -98,5 +102,7 @@ def forward_time_vs_tokens(
     with torch.inference_mode():
         for n in token_counts:
             ids = torch.randint(0, model.config.vocab_size, (batch_size, n), device=device)
-            results[n] = time_fn(lambda ids=ids: model(ids), warmup=warmup, repeats=repeats, device=device)
+            results[n] = time_fn(
+                lambda ids=ids: model(ids), warmup=warmup, repeats=repeats, device=device
+            )
     return results

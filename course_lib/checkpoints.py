@@ -86,7 +86,11 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {
-        k: (v.detach().to("cpu", dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
+        k: (
+            v.detach().to("cpu", dtype)
+            if dtype is not None and v.is_floating_point()
+            else v.detach().cpu()
+        )
         for k, v in model.state_dict().items()
     }
     payload = {
@@ -128,7 +132,9 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt zip or pickle
-        raise ValueError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"{path} could not be read as a checkpoint ({type(err).__name__}: {err})"
+        ) from err
     if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
         raise ValueError(f"{path} is not a course checkpoint (no config and model inside)")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -147,11 +153,16 @@ def load_weights(model: Transformer, payload: dict, *, source: str = "checkpoint
     different = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     different.pop("dropout", None)  # dropout is a training choice, not a shape
     if different:
-        details = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in different.items())
+        details = ", ".join(
+            f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in different.items()
+        )
         raise ValueError(f"{source} does not match the model's config ({details})")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    state = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in payload["model"].items()}
+    state = {
+        k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+        for k, v in payload["model"].items()
+    }
     model.load_state_dict(state)
 
 

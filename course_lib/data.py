@@ -95,8 +95,20 @@ PYSTDLIB_FILES: tuple[str, ...] = tuple(
 )
 # The validation split: whole files, so no validation text is also seen in training.
 PYSTDLIB_VAL_FILES: tuple[str, ...] = (
-    "calendar", "csv", "filecmp", "fractions", "getopt", "gzip", "heapq", "json/encoder",
-    "numbers", "queue", "sched", "shlex", "textwrap", "wave",
+    "calendar",
+    "csv",
+    "filecmp",
+    "fractions",
+    "getopt",
+    "gzip",
+    "heapq",
+    "json/encoder",
+    "numbers",
+    "queue",
+    "sched",
+    "shlex",
+    "textwrap",
+    "wave",
 )
 
 SHAKESPEARE_URL = (
@@ -218,7 +230,9 @@ def _load_shakespeare() -> Corpus:
 # -- batches ---------------------------------------------------------------------------------
 
 
-def encode_corpus(corpus: Corpus, tokenizer: CharTokenizer | None = None) -> dict[str, torch.Tensor]:
+def encode_corpus(
+    corpus: Corpus, tokenizer: CharTokenizer | None = None
+) -> dict[str, torch.Tensor]:
     """Both splits of `corpus` as 1-D LongTensors of ids: {"train": ..., "val": ...}."""
     tokenizer = tokenizer or CharTokenizer()
     with warnings.catch_warnings():

@@ -110,6 +110,7 @@ def bf16_speedup_on_cpu(size: int = 512, repeats: int = 5) -> float:
     A CPU without bfloat16 units emulates it, usually slower than float32; one with them
     (DESIGN.md measured ~4x on an AVX-512 BF16 EPYC) runs it much faster.
     """
+
     def best_time(dtype: torch.dtype) -> float:
         a = torch.randn(size, size).to(dtype)
         b = torch.randn(size, size).to(dtype)

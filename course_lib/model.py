@@ -57,7 +57,9 @@ class ModelConfig:
                     f"block_len={self.block_len} must divide context_len={self.context_len}"
                 )
         elif self.block_len is not None:
-            raise ValueError(f"block_len is only for attention='block_causal', not {self.attention!r}")
+            raise ValueError(
+                f"block_len is only for attention='block_causal', not {self.attention!r}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -67,7 +69,9 @@ class ModelConfig:
         return asdict(self)
 
 
-def attention_mask(config: ModelConfig, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+def attention_mask(
+    config: ModelConfig, q_pos: torch.Tensor, k_pos: torch.Tensor
+) -> torch.Tensor | None:
     """Which keys each query may see: bool (Lq, Lk), True = allowed; None = everything.
 
     `q_pos` and `k_pos` are absolute positions, so the same rule serves a full forward and a
@@ -98,7 +102,9 @@ class KVCache:
     ) -> None:
         shape = (batch_size, config.n_head, config.context_len, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)
+        ]
         self.batch_size = batch_size
         self.capacity = config.context_len
         self.length = 0

@@ -42,8 +42,16 @@ register(
         description="a 2-layer AR model trained for seconds (fast mode, tests)",
         model=ModelConfig(context_len=64, n_layer=2, n_head=2, d_model=64),
         train=TrainConfig(
-            objective="ar", steps=60, batch_size=16, seq_len=64, lr=2e-3, warmup_steps=10,
-            eval_every=20, eval_batches=4, checkpoint_every=20, seed=0,
+            objective="ar",
+            steps=60,
+            batch_size=16,
+            seq_len=64,
+            lr=2e-3,
+            warmup_steps=10,
+            eval_every=20,
+            eval_batches=4,
+            checkpoint_every=20,
+            seed=0,
         ),
     )
 )
@@ -53,8 +61,16 @@ register(
         description="notebook 03's AR model: 4 layers, d=256, a few minutes on a laptop CPU",
         model=ModelConfig(context_len=128, n_layer=4, n_head=4, d_model=256),
         train=TrainConfig(
-            objective="ar", steps=1200, batch_size=32, seq_len=128, lr=2e-3, warmup_steps=100,
-            eval_every=100, eval_batches=8, checkpoint_every=100, seed=0,
+            objective="ar",
+            steps=1200,
+            batch_size=32,
+            seq_len=128,
+            lr=2e-3,
+            warmup_steps=100,
+            eval_every=100,
+            eval_batches=8,
+            checkpoint_every=100,
+            seed=0,
         ),
     )
 )

@@ -42,7 +42,9 @@ def logits_to_probs(
     return probs
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(
+    probs: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One draw from each categorical in `probs` (..., V): ids of shape (...).
 
     Inverse-CDF sampling in float64: one uniform u per draw, the id is the first whose

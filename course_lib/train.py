@@ -54,7 +54,14 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where fast), "bf16" or "fp32"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "checkpoint_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.lr <= 0:
@@ -95,7 +102,9 @@ class TextBatches:
         return data.get_batch(self.ids[split], batch_size, self.seq_len, generator=generator)
 
 
-def ar_loss(model: torch.nn.Module, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def ar_loss(
+    model: torch.nn.Module, batch: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Next-token cross-entropy in nats per token: predict batch[:, 1:] from batch[:, :-1]."""
     logits = model(batch[:, :-1])  # (B, L, V)
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
@@ -194,9 +203,11 @@ def train(
     """
     rank, world = _distributed()
     if device is None:
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if (
-            world > 1 and torch.cuda.is_available()
-        ) else env.get_device()
+        device = (
+            torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+            if (world > 1 and torch.cuda.is_available())
+            else env.get_device()
+        )
     device = torch.device(device)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
@@ -221,7 +232,10 @@ def train(
         )
     local = cfg.batch_size // world
     bar = tqdm(
-        total=cfg.steps, initial=start_step, disable=not progress or rank != 0, desc="train",
+        total=cfg.steps,
+        initial=start_step,
+        disable=not progress or rank != 0,
+        desc="train",
         mininterval=1.0,
     )
     step = start_step
@@ -267,7 +281,9 @@ def train(
                 loss_value = mean.item() / world
             if on_step is not None:
                 on_step(step, loss_value)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(step - 1, cfg):.1e}", refresh=False)
+            bar.set_postfix(
+                loss=f"{loss_value:.3f}", lr=f"{lr_at(step - 1, cfg):.1e}", refresh=False
+            )
             bar.update(1)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 val = evaluate(model, source, cfg, loss_fn, device=device, autocast=autocast)
@@ -300,7 +316,9 @@ def train(
     return result
 
 
-def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def _make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
     # weight decay on matrices only; biases, norms and embeddings are left alone
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
@@ -317,7 +335,11 @@ def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> int:
     if not state:
         raise ValueError(f"{path} has no training state to resume from (a shipped checkpoint?)")
     if state["train_config"] != asdict(cfg):
-        changed = {k: (state["train_config"].get(k), v) for k, v in asdict(cfg).items() if state["train_config"].get(k) != v}
+        changed = {
+            k: (state["train_config"].get(k), v)
+            for k, v in asdict(cfg).items()
+            if state["train_config"].get(k) != v
+        }
         raise ValueError(
             f"{path} was trained with another configuration ({changed}); pass resume=False "
             "to start over, or use another out_dir"
