@@ -1,0 +1,59 @@
+"""What every exercise check shares: how a check reports success, failure or "not yet".
+
+An exercise in a notebook is a function the learner writes, starting from a stub that raises
+`NotImplementedError`. Its check runs it on test cases and
+
+- prints a short confirmation when it is right,
+- raises `CheckFailed` with a message a good TA would give (what is wrong, a hint) when not,
+- prints where to find the solution when the stub is still untouched, so that a notebook
+  runs top to bottom before the learner has attempted anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+class CheckFailed(AssertionError):
+    """The learner's answer is wrong; the message says how."""
+
+
+def run_check(name: str, solution_hint: str, test: Callable[[], str | None]) -> bool:
+    """Run `test`; report success, "not attempted yet" or the failure. Returns True if right.
+
+    `test` calls the learner's function and raises `CheckFailed` on a wrong answer; it may
+    return a sentence to print on success. `solution_hint` says where the solution lives.
+    """
+    try:
+        detail = test()
+    except NotImplementedError:
+        print(
+            f"[{name}] not attempted yet: fill in the function above and run this cell again. "
+            f"(Stuck? {solution_hint})"
+        )
+        return False
+    print(f"[{name}] correct." + (f" {detail}" if detail else ""))
+    return True
+
+
+def expect_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    what: str,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    hint: str = "",
+) -> None:
+    """Raise CheckFailed unless `actual` has `expected`'s shape and values (within tolerance)."""
+    if not isinstance(actual, torch.Tensor):
+        raise CheckFailed(f"{what} should be a torch.Tensor, got {type(actual).__name__}")
+    if actual.shape != expected.shape:
+        raise CheckFailed(
+            f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}. {hint}".strip()
+        )
+    if not torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol):
+        worst = (actual.double() - expected.double()).abs().max().item()
+        raise CheckFailed(f"{what} is off by up to {worst:.3g}. {hint}".strip())
