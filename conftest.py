@@ -7,4 +7,3 @@ starts for the notebooks.
 import os
 
 os.environ["COURSE_FAST"] = "1"
-os.environ.setdefault("MPLBACKEND", "Agg")
