@@ -98,6 +98,7 @@ def forward_time_vs_tokens(
     """
     device = next(model.parameters()).device
     results = {}
+    was_training = model.training
     model.eval()
     with torch.inference_mode():
         for n in token_counts:
@@ -105,4 +106,5 @@ def forward_time_vs_tokens(
             results[n] = time_fn(
                 lambda ids=ids: model(ids), warmup=warmup, repeats=repeats, device=device
             )
+    model.train(was_training)
     return results

@@ -37,7 +37,8 @@ class CharTokenizer:
         self.vocab_size: int = len(self.chars)
         self.unknown_id: int = self.vocab_size - 1
         self.mask_id: int = self.vocab_size
-        self._id_of = {ch: i for i, ch in enumerate(self.chars[:-1])}
+        # the unknown symbol is itself in the vocabulary: decode() writes it, encode() reads it
+        self._id_of = {ch: i for i, ch in enumerate(self.chars)}
         self._warned = False
 
     def encode(self, text: str) -> list[int]:
@@ -45,8 +46,8 @@ class CharTokenizer:
         if not isinstance(text, str):
             raise ValueError(f"encode() takes a str, got {type(text).__name__}")
         ids = [self._id_of.get(ch, self.unknown_id) for ch in text]
-        if not self._warned and self.unknown_id in ids:
-            unknown = sorted({ch for ch in text if ch not in self._id_of})
+        unknown = sorted(set(text).difference(self._id_of)) if not self._warned else []
+        if unknown:
             shown = "".join(unknown[:10]) + ("..." if len(unknown) > 10 else "")
             warnings.warn(
                 f"{len(unknown)} character(s) outside the vocabulary ({shown!r}) were mapped to "

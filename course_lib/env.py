@@ -131,7 +131,7 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     bfloat16 on CUDA GPUs that support it, and on CPUs whose bfloat16 matmuls measure at
     least 1.5x faster than float32; float32 everywhere else. ``COURSE_BF16=0`` turns it off.
     """
-    if os.environ.get("COURSE_BF16", "1") == "0":
+    if os.environ.get("COURSE_BF16", "1").strip().lower() in {"0", "false", "no"}:
         return None
     device = torch.device(device)
     if device.type == "cuda":

@@ -7,7 +7,7 @@ models. Each run is resumable: start it again and it continues from its last che
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from course_lib import env
 from course_lib.model import ModelConfig
@@ -80,6 +80,10 @@ def get_preset(name: str, **train_overrides) -> Preset:
     """The preset `name`, with any TrainConfig fields replaced (e.g. steps=10)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(train_overrides) - set(known))
+    if unknown:
+        raise ValueError(f"{unknown} are not TrainConfig fields; the fields are {known}")
     preset = PRESETS[name]
     if train_overrides:
         preset = replace(preset, train=replace(preset.train, **train_overrides))

@@ -208,7 +208,8 @@ def train(
             if (world > 1 and torch.cuda.is_available())
             else env.get_device()
         )
-    device = torch.device(device)
+    else:
+        device = env.get_device(str(device))  # a clear error for a device this machine lacks
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     loss_fn = get_objective(cfg.objective)
@@ -217,14 +218,16 @@ def train(
     model.to(device).train()
     optimizer = _make_optimizer(model, cfg, device)
     data_gen = torch.Generator().manual_seed(cfg.seed)  # which windows are drawn
-    loss_gen = torch.Generator().manual_seed(cfg.seed + 1)  # the objective's own noise
+    # the objective's own noise (masking times, masks); each process draws its own
+    loss_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * rank)
     result = TrainResult()
-    start_step = 0
+    step = 0  # finished steps
+    last_loss = float("nan")  # the training loss of the last finished step
     ckpt_path = Path(out_dir) / "last.pt" if out_dir is not None else None
     if ckpt_path is not None and resume and ckpt_path.exists():
-        start_step = _restore(ckpt_path, model, optimizer, cfg, data_gen, loss_gen, result)
+        step, last_loss = _restore(ckpt_path, model, optimizer, cfg, data_gen, loss_gen, result)
         if rank == 0 and progress:
-            print(f"resuming from {ckpt_path} at step {start_step}")
+            print(f"resuming from {ckpt_path} at step {step}")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -233,23 +236,33 @@ def train(
     local = cfg.batch_size // world
     bar = tqdm(
         total=cfg.steps,
-        initial=start_step,
+        initial=step,
         disable=not progress or rank != 0,
         desc="train",
         mininterval=1.0,
     )
-    step = start_step
     t0 = time.perf_counter()
     tokens_seen = 0
+
+    def random_state() -> dict:
+        return {
+            "data_generator": data_gen.get_state(),
+            "loss_generator": loss_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    # The random state as the last finished step left it. A Ctrl-C in the middle of a step
+    # saves this one, not the half-used state of the unfinished step, so a resume draws that
+    # step's batch and noise again, exactly as an uninterrupted run does.
+    step_rng = random_state()
 
     def save() -> None:
         if ckpt_path is not None and rank == 0:
             state = {
                 "step": step,
+                "train_loss": last_loss,
                 "optimizer": optimizer.state_dict(),
-                "data_generator": data_gen.get_state(),
-                "loss_generator": loss_gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
+                **step_rng,
                 "train_config": asdict(cfg),
                 "history": result.history,
             }
@@ -258,7 +271,28 @@ def train(
             dist.barrier()
         result.checkpoint = ckpt_path
 
+    def log_evaluation() -> None:
+        """Evaluate the model after `step` steps and add a row to the history."""
+        val = evaluate(model, source, cfg, loss_fn, device=device, autocast=autocast)
+        elapsed = time.perf_counter() - t0
+        result.history.append(
+            {
+                "step": step,
+                "train_loss": last_loss,
+                "val_loss": val,
+                "val_bits": val / math.log(2),
+                "lr": lr_at(step - 1, cfg),
+                # nan when this call has trained nothing yet (an evaluation finished on resume)
+                "tokens_per_s": tokens_seen / elapsed if tokens_seen else float("nan"),
+            }
+        )
+
+    def evaluates(s: int) -> bool:
+        return s % cfg.eval_every == 0 or s == cfg.steps
+
     try:
+        if step > 0 and evaluates(step) and not any(r["step"] == step for r in result.history):
+            log_evaluation()  # the last run was interrupted while evaluating this step
         while step < cfg.steps:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
@@ -270,36 +304,26 @@ def train(
                 loss = loss_fn(net, batch, loss_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            tokens_seen += batch.numel() * world
             loss_value = loss.item()
             if world > 1:
                 mean = torch.tensor([loss_value], device=device)
                 dist.all_reduce(mean)
                 loss_value = mean.item() / world
-            if on_step is not None:
-                on_step(step, loss_value)
+            rng_after = random_state()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step, last_loss, step_rng = step + 1, loss_value, rng_after  # the step is done
+            tokens_seen += batch.numel() * world
             bar.set_postfix(
                 loss=f"{loss_value:.3f}", lr=f"{lr_at(step - 1, cfg):.1e}", refresh=False
             )
             bar.update(1)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                val = evaluate(model, source, cfg, loss_fn, device=device, autocast=autocast)
-                elapsed = time.perf_counter() - t0
-                result.history.append(
-                    {
-                        "step": step,
-                        "train_loss": loss_value,
-                        "val_loss": val,
-                        "val_bits": val / math.log(2),
-                        "lr": lr_at(step - 1, cfg),
-                        "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-                    }
-                )
+            if evaluates(step):
+                log_evaluation()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save()
+            if on_step is not None:
+                on_step(step, loss_value)
     except KeyboardInterrupt:
         save()
         result.interrupted = True
@@ -329,7 +353,8 @@ def _make_optimizer(
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
 
 
-def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> int:
+def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> tuple[int, float]:
+    """Load a run's state from `path`: (finished steps, training loss of the last one)."""
     payload = checkpoints.read_checkpoint(path)
     state = payload.get("train_state")
     if not state:
@@ -342,7 +367,7 @@ def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> int:
         }
         raise ValueError(
             f"{path} was trained with another configuration ({changed}); pass resume=False "
-            "to start over, or use another out_dir"
+            "(--restart on the command line) to start over, or use another out_dir"
         )
     checkpoints.load_weights(model, payload, source=str(path))
     optimizer.load_state_dict(state["optimizer"])
@@ -350,4 +375,5 @@ def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> int:
     loss_gen.set_state(state["loss_generator"])
     torch.set_rng_state(state["torch_rng"])
     result.history = list(state["history"])
-    return int(state["step"])
+    # runs saved before "train_loss" was recorded resume too; only a pending evaluation lacks it
+    return int(state["step"]), float(state.get("train_loss", math.nan))
