@@ -1,0 +1,90 @@
+"""`python -m course_lib`: the command line, run in-process through `main(argv)`."""
+
+import pytest
+import torch
+
+from course_lib import checkpoints, presets
+from course_lib.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def _fp32(monkeypatch):
+    monkeypatch.setenv("COURSE_BF16", "0")  # "auto" precision without measuring bf16
+
+
+def test_train_a_preset_for_a_few_steps_then_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "ar-tiny", "--out", str(out), "--steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "preset ar-tiny" in printed and "pystdlib" in printed
+    assert "step 3: validation" in printed and "bits per token" in printed
+    payload = checkpoints.read_checkpoint(out / "last.pt")
+    assert payload["train_state"]["step"] == 3
+    assert payload["config"] == presets.get_preset("ar-tiny").model.to_dict()
+    assert payload["train_state"]["train_config"]["steps"] == 3  # the override was used
+    # the same command again resumes and finds nothing left to do
+    assert main(["train", "--preset", "ar-tiny", "--out", str(out), "--steps", "3"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    after = checkpoints.read_checkpoint(out / "last.pt")
+    assert all(torch.equal(after["model"][k], v) for k, v in payload["model"].items())
+
+
+def test_changing_the_run_in_the_same_folder_says_how_to_restart(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--preset", "ar-tiny", "--out", out, "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--preset", "ar-tiny", "--out", out, "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "--restart" in err
+    assert main(["train", "--preset", "ar-tiny", "--out", out, "--steps", "3", "--restart"]) == 0
+    assert checkpoints.read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["step"] == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "ar-huge"], "unknown preset 'ar-huge': choose one of"),
+        (["--preset", "ar-tiny", "--steps", "0"], "steps must be >= 1"),
+        (["--preset", "ar-tiny", "--device", "banana"], "unknown device 'banana'"),
+    ],
+)
+def test_bad_arguments_exit_with_code_2_and_a_clear_message(argv, message, tmp_path, capsys):
+    assert main(["train", *argv, "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_unknown_preset_lists_the_presets(capsys):
+    assert main(["train", "--preset", "nope"]) == 2
+    err = capsys.readouterr().err
+    for name in presets.PRESETS:
+        assert name in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_on_a_cpu_machine_is_a_clear_error(tmp_path, capsys):
+    argv = ["train", "--preset", "ar-tiny", "--steps", "1", "--device", "cuda"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_missing_command_or_preset_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["train"])
+    assert info.value.code == 2
+    assert "--preset" in capsys.readouterr().err
+
+
+def test_presets_are_valid_and_overridable():
+    tiny = presets.get_preset("ar-tiny", steps=5)
+    assert tiny.train.steps == 5 and presets.PRESETS["ar-tiny"].train.steps != 5
+    for preset in presets.PRESETS.values():
+        assert preset.train.seq_len <= preset.model.context_len, preset.name
+        assert preset.out_dir.name == preset.name
+    with pytest.raises(ValueError, match=r"\['stpes'\] are not TrainConfig fields"):
+        presets.get_preset("ar-tiny", stpes=1)
