@@ -1,6 +1,7 @@
 """Command line: `python -m course_lib COMMAND --help`.
 
 train --preset NAME   train (or resume) a preset; checkpoints under data/runs/NAME/
+doctor                check that this machine is ready for the course
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def _train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from course_lib import doctor
+
+    return doctor.main()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m course_lib",
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="checkpoint folder (default: data/runs/PRESET)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(run=_train)
+    p = commands.add_parser("doctor", help="check that this machine is ready for the course")
+    p.set_defaults(run=_doctor)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
