@@ -1,15 +1,20 @@
-"""Drawing text from a model: autoregressive decoding (notebook 03).
+"""Drawing text from a model: autoregressive decoding (notebook 03) and the reverse process
+of masked diffusion (notebook 06).
 
 Categoricals are drawn in float64 by inverting the CDF with one uniform number per draw, so
 that (a) low-probability tokens are not lost to float32 rounding and (b) every sampler consumes
 the random stream in the same, documented way: the same seed gives the same tokens whether or
-not a KV cache is used.
+not a KV cache is used. `gumbel_max_sample` shows what goes wrong with low-precision noise.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
+from course_lib import diffusion
 from course_lib.model import Transformer
 
 
@@ -130,3 +135,300 @@ def sample_ar(
         pos += 1
     model.train(was_training)
     return out
+
+
+# -- masked diffusion: the reverse process (notebook 06) -----------------------------------
+
+STRATEGIES = ("ancestral", "ancestral_cached", "confidence", "threshold")
+CONFIDENCES = ("low_confidence", "margin", "entropy")
+DEFAULT_THRESHOLD = 0.9
+
+
+@dataclass
+class DiffusionSample:
+    """What `sample_diffusion` returns.
+
+    tokens: (B, L) ids, no mask left. nfe: network calls (denoiser forwards). steps_taken:
+    denoising steps run (a sampler stops early once nothing is masked; a cached step counts
+    as a step but not as a call). n_generated: tokens generated, summed over the batch (the
+    prompt's tokens excluded). trajectory: with `record=True`, the (B, L) state before the
+    first step and after every step, on the CPU.
+    """
+
+    tokens: torch.Tensor
+    nfe: int
+    steps_taken: int
+    n_generated: int
+    trajectory: list[torch.Tensor] | None = None
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens generated per sequence per denoising step (0.0 if no step ran)."""
+        if self.steps_taken == 0:
+            return 0.0
+        return self.n_generated / self.tokens.shape[0] / self.steps_taken
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _initial_state(
+    length: int,
+    batch_size: int,
+    prompt: torch.Tensor | None,
+    mask_id: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """The sampler's x_1: all masks, with the prompt's tokens written over its first positions.
+
+    A prompt (P,) or (B, P) with P <= length fixes positions 0..P-1, except where it holds
+    `mask_id` (those are generated): a plain prefix, or a template for infilling.
+    """
+    x = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)  # (B, L)
+    if prompt is None:
+        return x
+    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long:
+        raise ValueError("prompt must be a LongTensor of token ids, (P,) or (B, P)")
+    if prompt.dim() == 1:
+        prompt = prompt.unsqueeze(0)
+    if prompt.dim() != 2 or prompt.shape[0] not in (1, batch_size):
+        raise ValueError(
+            f"prompt of shape {tuple(prompt.shape)} does not fit batch_size={batch_size}: give "
+            f"(P,) or ({batch_size}, P), or set batch_size to the prompt's batch"
+        )
+    if prompt.shape[1] > length:
+        raise ValueError(
+            f"the prompt has {prompt.shape[1]} positions but length={length}: the prompt must "
+            "fit in the sequence (length counts the prompt and the generated tokens)"
+        )
+    if prompt.numel() and (prompt.min() < 0 or prompt.max() > mask_id):
+        raise ValueError(f"prompt ids must be tokens in [0, {mask_id}) or the mask id {mask_id}")
+    x[:, : prompt.shape[1]] = prompt.to(device)
+    return x
+
+
+def _device_of(denoiser: diffusion.Denoiser, prompt: torch.Tensor | None) -> torch.device:
+    if isinstance(denoiser, torch.nn.Module):
+        parameter = next(denoiser.parameters(), None)
+        if parameter is not None:
+            return parameter.device
+    return prompt.device if isinstance(prompt, torch.Tensor) else torch.device("cpu")
+
+
+def _uniforms(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, dtype=torch.float64, generator=generator, device=gen_device).to(device)
+
+
+def position_confidence(probs: torch.Tensor, proposal: torch.Tensor, kind: str) -> torch.Tensor:
+    """How sure the denoiser is at each position, in [0, 1]: (B, L) from probs (B, L, V).
+
+    "low_confidence" (LLaDA's name: low-confidence positions stay masked): the probability of
+    the drawn token `proposal`. "margin": top-1 minus top-2 probability. "entropy":
+    1 - H(p) / log V (1 = certain, 0 = uniform).
+    """
+    if kind == "low_confidence":
+        return probs.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
+    V = probs.shape[-1]
+    if V == 1:
+        return torch.ones(probs.shape[:-1], dtype=probs.dtype, device=probs.device)
+    if kind == "margin":
+        top2 = torch.topk(probs, 2, dim=-1).values  # (B, L, 2)
+        return top2[..., 0] - top2[..., 1]
+    if kind == "entropy":
+        entropy = -torch.special.xlogy(probs, probs).sum(-1)  # (B, L) nats
+        return 1 - entropy / torch.log(torch.tensor(float(V), dtype=probs.dtype))
+    raise ValueError(f"unknown confidence {kind!r}: choose one of {CONFIDENCES}")
+
+
+@torch.inference_mode()
+def sample_diffusion(
+    denoiser: diffusion.Denoiser,
+    *,
+    length: int,
+    steps: int,
+    batch_size: int = 1,
+    strategy: str = "ancestral",
+    prompt: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    mask_id: int | None = None,
+    generator: torch.Generator | None = None,
+    schedule: str | diffusion.Schedule = "loglinear",
+    confidence: str | None = None,
+    threshold: float | None = None,
+    record: bool = False,
+) -> DiffusionSample:
+    """Generate (batch_size, length) ids with a masked-diffusion denoiser in at most `steps`.
+
+    The denoiser is any callable ids (B, L) -> logits (B, L, V) (a bidirectional model, or an
+    exact oracle from `synthetic`). Strategies (notebook 06):
+
+    - "ancestral": the reverse process of the absorbing chain on the schedule's time grid.
+      From t to s < t each masked token is unmasked with probability
+      (alpha(s) - alpha(t)) / (1 - alpha(t)) and, if so, drawn from the denoiser's
+      categorical; unmasked tokens are kept; the last step unmasks everything left.
+    - "ancestral_cached": the same, but when a step changed no token the next step reuses the
+      denoiser's output instead of calling it. Same tokens as "ancestral" for the same seed,
+      fewer calls (NFE) when steps exceed the length.
+    - "confidence" (LLaDA): each step proposes a token for every masked position and commits
+      the most confident ones: as many as keep the masked count on the schedule
+      (round(N (1 - alpha(s))) left after reaching time s), and at least one. `confidence` is
+      "low_confidence" (default), "margin" or "entropy" (`position_confidence`).
+    - "threshold" (Fast-dLLM): commits every masked position whose confidence exceeds
+      `threshold` (default 0.9), and never fewer than "confidence" would, so it always ends
+      within `steps` steps; threshold=1.0 is exactly "confidence". With steps >= length that
+      floor is one token per step, Fast-dLLM's rule.
+
+    Random numbers per step, always the full (B, L) whatever is masked: ancestral strategies
+    draw the unmasking uniforms and then the tokens; the others draw only the tokens. All
+    categoricals are drawn in float64 at `temperature` (`logits_to_probs`,
+    `sample_categorical`). A sampler stops early once nothing is masked.
+
+    `prompt` (P,) or (B, P), P <= length, fixes the first P positions, except where it holds
+    `mask_id`: a prefix prompt, or an infilling template. `mask_id=None` means the denoiser's
+    `config.vocab_size`. Returns a `DiffusionSample` (tokens, nfe, tokens_per_step, ...).
+    """
+    _check_positive_int("length", length)
+    _check_positive_int("steps", steps)
+    _check_positive_int("batch_size", batch_size)
+    check_temperature(temperature)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
+    if confidence is not None and strategy not in ("confidence", "threshold"):
+        raise ValueError(
+            f"confidence= is for the confidence/threshold strategies, not {strategy!r}"
+        )
+    if confidence is not None and confidence not in CONFIDENCES:
+        raise ValueError(f"unknown confidence {confidence!r}: choose one of {CONFIDENCES}")
+    if threshold is not None and strategy != "threshold":
+        raise ValueError(f"threshold= is for strategy='threshold', not {strategy!r}")
+    if strategy == "threshold":
+        threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1] (a confidence), got {threshold}")
+    schedule = diffusion.get_schedule(schedule)
+    mask_id = diffusion.resolve_mask_id(denoiser, mask_id)
+    device = _device_of(denoiser, prompt)
+    x = _initial_state(length, batch_size, prompt, mask_id, device)  # (B, L)
+    trajectory = [x.cpu().clone()] if record else None
+    n_generated = int((x == mask_id).sum())
+    alphas = schedule.alpha(schedule.time_grid(steps)).tolist()  # steps + 1 values, 0 -> 1
+    with diffusion.eval_mode(denoiser):
+        if strategy.startswith("ancestral"):
+            x, nfe, steps_taken = _ancestral(
+                denoiser,
+                x,
+                alphas,
+                mask_id,
+                temperature,
+                generator,
+                cached=strategy == "ancestral_cached",
+                trajectory=trajectory,
+            )
+        else:
+            x, nfe, steps_taken = _confident(
+                denoiser,
+                x,
+                alphas,
+                mask_id,
+                temperature,
+                generator,
+                kind=confidence or "low_confidence",
+                threshold=threshold,
+                trajectory=trajectory,
+            )
+    return DiffusionSample(x, nfe, steps_taken, n_generated, trajectory)
+
+
+def _ancestral(denoiser, x, alphas, mask_id, temperature, generator, *, cached, trajectory):
+    steps = len(alphas) - 1
+    nfe, steps_taken = 0, 0
+    probs = None
+    changed = True
+    for j in range(steps):
+        masked = x == mask_id  # (B, L)
+        if not masked.any():
+            break
+        if probs is None or changed or not cached:
+            logits = diffusion.denoise(denoiser, x, mask_id)  # (B, L, V)
+            probs = logits_to_probs(logits, temperature)  # (B, L, V) float64
+            nfe += 1
+        alpha_t, alpha_s = alphas[j], alphas[j + 1]  # from time t down to time s < t
+        # the last step unmasks everything: alpha(0) = 1 makes the ratio 1, set it exactly
+        p_unmask = 1.0 if j == steps - 1 else (alpha_s - alpha_t) / (1 - alpha_t)
+        u = _uniforms(x.shape, generator, x.device)  # (B, L)
+        proposal = sample_categorical(probs, generator)  # (B, L): never the mask id
+        unmask = masked & (u < p_unmask)
+        x = torch.where(unmask, proposal, x)
+        changed = bool(unmask.any())
+        steps_taken += 1
+        if trajectory is not None:
+            trajectory.append(x.cpu().clone())
+    return x, nfe, steps_taken
+
+
+def _confident(
+    denoiser, x, alphas, mask_id, temperature, generator, *, kind, threshold, trajectory
+):
+    steps = len(alphas) - 1
+    B, L = x.shape
+    n_start = (x == mask_id).sum(1).double()  # (B,)
+    mask_probs = 1 - torch.tensor(alphas[1:], dtype=torch.float64, device=x.device)  # (steps,)
+    # how many masks each row may still hold after step j: (B, steps), 0 after the last step
+    left_after = torch.round(n_start[:, None] * mask_probs[None, :]).long()
+    left_after[:, -1] = 0
+    nfe, steps_taken = 0, 0
+    for j in range(steps):
+        masked = x == mask_id  # (B, L)
+        if not masked.any():
+            break
+        logits = diffusion.denoise(denoiser, x, mask_id)  # (B, L, V)
+        nfe += 1
+        probs = logits_to_probs(logits, temperature)  # (B, L, V) float64
+        proposal = sample_categorical(probs, generator)  # (B, L)
+        conf = position_confidence(probs, proposal, kind)  # (B, L) in [0, 1]
+        conf = conf.masked_fill(~masked, float("-inf"))  # only masked positions compete
+        n_masked = masked.sum(1)  # (B,)
+        quota = torch.minimum((n_masked - left_after[:, j]).clamp(min=1), n_masked)  # (B,)
+        order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # (B, L)
+        in_quota = torch.arange(L, device=x.device)[None, :] < quota[:, None]  # (B, L), sorted
+        commit = torch.zeros_like(masked).scatter(1, order, in_quota)  # (B, L), by position
+        if threshold is not None:
+            commit |= masked & (conf > threshold)
+        x = torch.where(commit, proposal, x)
+        steps_taken += 1
+        if trajectory is not None:
+            trajectory.append(x.cpu().clone())
+    return x, nfe, steps_taken
+
+
+def gumbel_max_sample(
+    logits: torch.Tensor,
+    *,
+    noise_dtype: torch.dtype = torch.float64,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draws argmax(logits + Gumbel noise) with the noise made in `noise_dtype`: ids (...).
+
+    Gumbel-max is exact with exact noise g = -log(-log u). A uniform made in float32 has 24
+    random bits: u <= 1 - 2^-24, so g <= 24 log 2 ~ 16.6, and the upper tail of g comes in
+    coarse steps: a token far below the top wins less often than it should, or never.
+    Rare tokens lose mass and frequent ones gain it, like sampling at a lower temperature
+    (Zheng et al. 2024 traced MDLM's flattering generative perplexities to this). With a
+    character vocabulary the float32 effect is tiny; bfloat16 noise (8 bits, g <= 8 log 2 ~ 5.5)
+    shows it plainly. The course's samplers avoid it: float64 inverse-CDF sampling
+    (`sample_categorical`). Notebook 06 compares token frequencies.
+
+    The uniform is drawn in float64 and cut to as many random bits as `noise_dtype`'s
+    significand holds (exactly what `torch.rand` makes in float32), then the logs are taken
+    in `noise_dtype`. Zheng et al. 2024: arXiv:2409.02908.
+    """
+    # significand bits: 53 float64, 24 float32, 11 float16, 8 bfloat16
+    bits = round(-math.log2(torch.finfo(noise_dtype).eps)) + 1
+    gen_device = generator.device if generator is not None else logits.device
+    u = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=gen_device)
+    u = (torch.floor(u * 2.0**bits) / 2.0**bits).to(logits.device, noise_dtype)  # k / 2^bits
+    gumbel = -torch.log(-torch.log(u))  # in noise_dtype; u = 0 gives -inf (never chosen)
+    return (logits.double() + gumbel.double()).argmax(dim=-1)
