@@ -5,8 +5,8 @@ rate, gradient clipping, bfloat16 autocast where it is fast (see `env.autocast_d
 periodic evaluation, atomic checkpoints, resume, and DistributedDataParallel under torchrun.
 
 The loop does not know what it trains. An *objective* turns a batch into a scalar loss:
-`"ar"` (next-token cross-entropy, here) or the diffusion objectives registered in
-`OBJECTIVES` by later modules. A *batch source* hands out batches (text windows or samples of
+`"ar"` (next-token cross-entropy, here) or `"mdlm"` (the masked-diffusion ELBO of
+`course_lib.diffusion`), listed in `OBJECTIVES`. A *batch source* hands out batches (text windows or samples of
 a synthetic distribution).
 
 Interrupting (Ctrl-C, or an error) saves a checkpoint of the last finished step; running the
@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from course_lib import checkpoints, data, env
+from course_lib import checkpoints, data, diffusion, env
 from course_lib.model import Transformer
 
 
@@ -110,13 +110,14 @@ def ar_loss(
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
-# objective name -> loss(model, batch, generator) in nats per token; later modules add theirs
-OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {"ar": ar_loss}
+# objective name -> loss(model, batch, generator) in nats per token
+OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
+    "ar": ar_loss,
+    "mdlm": diffusion.mdlm_objective,
+}
 
 
 def get_objective(name: str) -> Callable[..., torch.Tensor]:
-    if name not in OBJECTIVES and name != "ar":
-        import course_lib.diffusion  # noqa: F401  (registers the diffusion objectives)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}: choose one of {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]
