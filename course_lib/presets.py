@@ -74,6 +74,24 @@ register(
         ),
     )
 )
+register(
+    Preset(
+        name="mdlm-tiny",
+        description="ar-tiny's shape, bidirectional, trained as a masked-diffusion model (fast mode)",
+        model=ModelConfig(
+            context_len=64, n_layer=2, n_head=2, d_model=64, attention="bidirectional"
+        ),
+        train=replace(PRESETS["ar-tiny"].train, objective="mdlm"),
+    )
+)
+register(
+    Preset(
+        name="mdlm-small",
+        description="notebook 05's masked-diffusion model: ar-small's shape, bidirectional",
+        model=replace(PRESETS["ar-small"].model, attention="bidirectional"),
+        train=replace(PRESETS["ar-small"].train, objective="mdlm", steps=2000),
+    )
+)
 
 
 def get_preset(name: str, **train_overrides) -> Preset:
