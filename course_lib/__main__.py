@@ -1,6 +1,7 @@
 """Command line: `python -m course_lib COMMAND --help`.
 
 train --preset NAME   train (or resume) a preset; checkpoints under data/runs/NAME/
+ship --preset NAME    copy a finished run to data/checkpoints/NAME.pt (16-bit, in the manifest)
 doctor                check that this machine is ready for the course
 """
 
@@ -40,6 +41,38 @@ def _train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _ship(args: argparse.Namespace) -> int:
+    import datetime
+
+    from course_lib import checkpoints, data, env, presets
+
+    preset = presets.get_preset(args.preset)
+    src = preset.out_dir / "last.pt"
+    state = checkpoints.read_checkpoint(src)["train_state"] or {}
+    steps = int(state.get("step", 0))
+    if steps < preset.train.steps and not args.unfinished:
+        raise ValueError(
+            f"{src} has trained {steps} of {preset.train.steps} steps; finish it "
+            f"(python -m course_lib train --preset {preset.name}) or pass --unfinished"
+        )
+    last = state["history"][-1] if state.get("history") else {}
+    metadata = {
+        "preset": preset.name,
+        "objective": preset.train.objective,
+        "steps": steps,
+        "training_tokens": steps * preset.train.batch_size * preset.train.seq_len,
+        "wall_time_s": round(state["wall_time_s"], 1) if "wall_time_s" in state else None,
+        "hardware": state.get("hardware", "unknown"),
+        "corpus": f"{preset.corpus} ({data.load_corpus(preset.corpus).fingerprint})",
+        "val_bits_per_token_at_training": round(last["val_bits"], 4) if last else None,
+        "shipped": datetime.date.today().isoformat(),
+    }
+    dst = env.DATA_DIR / "checkpoints" / f"{preset.name}.pt"
+    checkpoints.export_checkpoint(src, dst, metadata=metadata)
+    print(f"shipped {dst} ({dst.stat().st_size / 1e6:.1f} MB): {metadata}")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from course_lib import doctor
 
@@ -61,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="checkpoint folder (default: data/runs/PRESET)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(run=_train)
+    p = commands.add_parser("ship", help="copy a finished run to data/checkpoints/ (16-bit)")
+    p.add_argument("--preset", required=True, help="a preset whose run is in data/runs/PRESET")
+    p.add_argument("--unfinished", action="store_true", help="ship a run that has not finished")
+    p.set_defaults(run=_ship)
     p = commands.add_parser("doctor", help="check that this machine is ready for the course")
     p.set_defaults(run=_doctor)
     args = parser.parse_args(argv)

@@ -176,3 +176,21 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     model = Transformer(config)
     load_weights(model, payload, source=str(path))
     return model.to(device).eval()
+
+
+def export_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    metadata: dict | None = None,
+) -> Path:
+    """A compact, weights-only copy of the training checkpoint `src` at `dst`, for shipping.
+
+    The optimizer state (twice the model's size) is dropped and the weights are stored in
+    `dtype` (16-bit halves the file); loading converts them back to float32.
+    """
+    payload = read_checkpoint(src)
+    model = Transformer(ModelConfig(**payload["config"]))
+    load_weights(model, payload, source=str(src))
+    return save_checkpoint(dst, model, dtype=dtype, metadata=metadata)

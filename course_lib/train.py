@@ -132,6 +132,7 @@ class TrainResult:
     checkpoint: Path | None = None
     steps_done: int = 0
     wall_time_s: float = 0.0  # this call's time, resumed parts excluded
+    total_wall_time_s: float = 0.0  # the whole run's training time, every resumed part included
     interrupted: bool = False
 
     @property
@@ -256,6 +257,9 @@ def train(
     # saves this one, not the half-used state of the unfinished step, so a resume draws that
     # step's batch and noise again, exactly as an uninterrupted run does.
     step_rng = random_state()
+    earlier_wall_s = result.total_wall_time_s  # restored from the checkpoint when resuming
+    info = env.describe_environment(device)
+    hardware = f"{info.get('gpu', info['processor'])} ({info['device']}, {world} process(es))"
 
     def save() -> None:
         if ckpt_path is not None and rank == 0:
@@ -266,6 +270,8 @@ def train(
                 **step_rng,
                 "train_config": asdict(cfg),
                 "history": result.history,
+                "wall_time_s": earlier_wall_s + time.perf_counter() - t0,
+                "hardware": hardware,
             }
             checkpoints.save_checkpoint(ckpt_path, model, train_state=state)
         if world > 1:
@@ -338,6 +344,7 @@ def train(
         bar.close()
     result.steps_done = step
     result.wall_time_s = time.perf_counter() - t0
+    result.total_wall_time_s = earlier_wall_s + result.wall_time_s
     return result
 
 
@@ -376,5 +383,6 @@ def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> tuple[i
     loss_gen.set_state(state["loss_generator"])
     torch.set_rng_state(state["torch_rng"])
     result.history = list(state["history"])
+    result.total_wall_time_s = float(state.get("wall_time_s", 0.0))
     # runs saved before "train_loss" was recorded resume too; only a pending evaluation lacks it
     return int(state["step"]), float(state.get("train_loss", math.nan))
