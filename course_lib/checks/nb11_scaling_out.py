@@ -1,0 +1,84 @@
+"""Checks for notebook 11 (scaling out): sharding a batch and averaging gradients."""
+
+from __future__ import annotations
+
+import torch
+
+from course_lib.checks._core import CheckFailed, expect_close, run_check
+
+SOLUTION = "see notebooks/solutions/11_scaling_out_solutions.ipynb"
+
+
+def check_shard(shard) -> bool:
+    """`shard(batch, rank, world_size)`: this process's equal, contiguous slice of the batch."""
+
+    def test() -> str:
+        batch = torch.arange(24).view(12, 2)
+        for world in (1, 2, 3, 4):
+            pieces = [shard(batch, rank, world) for rank in range(world)]
+            for rank, piece in enumerate(pieces):
+                if not isinstance(piece, torch.Tensor):
+                    raise CheckFailed(f"shard should return a tensor, got {type(piece).__name__}")
+                if piece.shape != (12 // world, 2):
+                    raise CheckFailed(
+                        f"with {world} processes each shard should hold {12 // world} of the 12 "
+                        f"rows, rank {rank} got shape {tuple(piece.shape)}: slice rows, not columns"
+                    )
+            together = torch.cat(pieces)
+            if not torch.equal(together.sort(dim=0).values, batch):
+                raise CheckFailed(
+                    f"with {world} processes the shards do not cover the batch exactly once: "
+                    "rank r should take rows r*n : (r+1)*n with n = B // world_size"
+                )
+            if not torch.equal(together, batch):
+                raise CheckFailed(
+                    "the shards cover the batch but out of order: rank 0 should take the "
+                    "first rows, so that the run matches a single process row for row"
+                )
+        try:
+            shard(torch.zeros(10, 2), 0, 4)
+        except ValueError:
+            return "A batch that does not split evenly is refused, as it should be."
+        raise CheckFailed(
+            "a batch of 10 rows cannot be split evenly over 4 processes: raise ValueError "
+            "(uneven shards would weight some rows more than others in the averaged gradient)"
+        )
+
+    return run_check("shard", SOLUTION, test)
+
+
+def check_average_gradients(average_gradients) -> bool:
+    """`average_gradients(per_process)`: the element-wise mean of each parameter's gradients."""
+
+    def test() -> str:
+        generator = torch.Generator().manual_seed(0)
+        w = torch.randn(3, 2, generator=generator, requires_grad=True)
+        x = torch.randn(8, 3, generator=generator)
+        full = ((x @ w) ** 2).mean()  # the single-process loss over the whole batch
+        (full_grad,) = torch.autograd.grad(full, w)
+        per_process = []
+        for rank in range(4):
+            part = ((x[2 * rank : 2 * rank + 2] @ w) ** 2).mean()
+            per_process.append(list(torch.autograd.grad(part, w)))
+        averaged = average_gradients(per_process)
+        if not isinstance(averaged, list | tuple) or len(averaged) != 1:
+            raise CheckFailed(
+                "return one averaged gradient per parameter (a list as long as each "
+                f"process's list), got {type(averaged).__name__} of length "
+                f"{len(averaged) if hasattr(averaged, '__len__') else '?'}"
+            )
+        if torch.allclose(averaged[0], 4 * full_grad, atol=1e-6):
+            raise CheckFailed(
+                "you summed the gradients: divide by the number of processes (all-reduce sums; "
+                "DDP then divides by the world size so each process's step equals one big step)"
+            )
+        expect_close(
+            averaged[0],
+            full_grad,
+            "the averaged gradient",
+            atol=1e-6,
+            hint="the mean of the shards' gradients should equal the whole batch's gradient",
+        )
+        return "The average of the shards' gradients is the whole batch's gradient."
+
+    return run_check("average_gradients", SOLUTION, test)
