@@ -92,6 +92,22 @@ register(
         train=replace(PRESETS["ar-small"].train, objective="mdlm", steps=2000),
     )
 )
+register(
+    Preset(
+        name="bd3lm-tiny",
+        description="ar-tiny's shape, block-causal (blocks of 16), trained with BD3-LM's loss (fast mode)",
+        model=replace(PRESETS["ar-tiny"].model, attention="block_causal", block_len=16),
+        train=replace(PRESETS["ar-tiny"].train, objective="bd3lm"),
+    )
+)
+register(
+    Preset(
+        name="bd3lm-small",
+        description="notebook 08's block-diffusion model: ar-small's shape, block-causal, blocks of 16",
+        model=replace(PRESETS["ar-small"].model, attention="block_causal", block_len=16),
+        train=replace(PRESETS["ar-small"].train, objective="bd3lm", steps=2000),
+    )
+)
 
 
 def get_preset(name: str, **train_overrides) -> Preset:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from course_lib import diffusion
-from course_lib.model import Transformer
+from course_lib.model import KVCache, Transformer
 
 
 def logits_to_probs(
@@ -432,3 +432,424 @@ def gumbel_max_sample(
     u = (torch.floor(u * 2.0**bits) / 2.0**bits).to(logits.device, noise_dtype)  # k / 2^bits
     gumbel = -torch.log(-torch.log(u))  # in noise_dtype; u = 0 gives -inf (never chosen)
     return (logits.double() + gumbel.double()).argmax(dim=-1)
+
+
+# -- block diffusion: semi-autoregressive decoding and caches (notebook 08) ------------------
+
+APPROXIMATE_CACHES = ("prefix",)
+
+
+def _check_block_inputs(model, length, block_len, steps_per_block, batch_size) -> None:
+    for name, value in (
+        ("length", length),
+        ("block_len", block_len),
+        ("steps_per_block", steps_per_block),
+        ("batch_size", batch_size),
+    ):
+        _check_positive_int(name, value)
+    if length % block_len:
+        raise ValueError(
+            f"block_len={block_len} must divide length={length}: the sequence is decoded in "
+            f"whole blocks (try length={length // block_len * block_len or block_len})"
+        )
+    if isinstance(model, Transformer) and length > model.config.context_len:
+        raise ValueError(
+            f"length={length} is longer than the model's context {model.config.context_len}"
+        )
+
+
+def _check_strategy(strategy, threshold, confidence) -> float | None:
+    """Check a block sampler's strategy arguments; the threshold to use (None if unused)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
+    if confidence is not None and strategy not in ("confidence", "threshold"):
+        raise ValueError(
+            f"confidence= is for the confidence/threshold strategies, not {strategy!r}"
+        )
+    if confidence is not None and confidence not in CONFIDENCES:
+        raise ValueError(f"unknown confidence {confidence!r}: choose one of {CONFIDENCES}")
+    if threshold is not None and strategy != "threshold":
+        raise ValueError(f"threshold= is for strategy='threshold', not {strategy!r}")
+    if strategy != "threshold":
+        return None
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1] (a confidence), got {threshold}")
+    return threshold
+
+
+def _cache_mode(model, block_len: int, use_kv_cache: bool, approximate_cache: str | None) -> str:
+    """How each step sees the rest of the sequence: "exact", "prefix", "approximate", "full".
+
+    - "exact": a block-causal model with a KV cache of the finished blocks.
+    - "prefix": a block-causal model without a cache: the finished blocks are run again.
+    - "approximate": a bidirectional model with Fast-dLLM's prefix cache.
+    - "full": a bidirectional model (or any denoiser) run on the whole sequence every step.
+    """
+    attention = getattr(getattr(model, "config", None), "attention", None)
+    if approximate_cache is not None and approximate_cache not in APPROXIMATE_CACHES:
+        raise ValueError(
+            f"unknown approximate_cache {approximate_cache!r}: choose one of {APPROXIMATE_CACHES}"
+        )
+    if attention == "causal":
+        raise ValueError("a causal model decodes one token at a time: use sample_ar")
+    if attention == "block_causal":
+        if block_len != model.config.block_len:
+            raise ValueError(
+                f"this model was trained with blocks of {model.config.block_len} tokens; "
+                f"decode with block_len={model.config.block_len}, not {block_len}"
+            )
+        if approximate_cache is not None:
+            raise ValueError(
+                "a block-causal model has an exact KV cache: use_kv_cache=True, not "
+                "approximate_cache"
+            )
+        return "exact" if use_kv_cache else "prefix"
+    if approximate_cache is not None:
+        if attention != "bidirectional" or not isinstance(model, Transformer):
+            raise ValueError("approximate_cache needs a bidirectional course Transformer")
+        return "approximate"
+    if use_kv_cache:
+        raise ValueError(
+            "a bidirectional model (or a plain denoiser) has no exact KV cache: pass "
+            "use_kv_cache=False to run the whole sequence every step, or "
+            "approximate_cache='prefix' for Fast-dLLM's approximate prefix cache"
+        )
+    return "full"
+
+
+def forward_with_kv(
+    model: Transformer, idx: torch.Tensor, cache: KVCache, start: int
+) -> torch.Tensor:
+    """A bidirectional model's forward for positions start.. of `idx`, with a KV cache.
+
+    The L new positions write their keys and values into `cache` at [start, start + L) and
+    attend, without a mask, to those and to whatever `cache` holds before `start`. With
+    start=0 this is `model(idx)` (and fills the cache). With start > 0 it is Fast-dLLM's
+    approximate prefix cache: the prefix's keys and values were computed when the rest of
+    the sequence looked different, so they are stale, and the logits are not quite those of
+    `model` on the current sequence. `Transformer.forward` refuses a cache for a
+    bidirectional model for that reason; this function is the explicit way around it.
+    """
+    L = idx.shape[1]
+    positions = torch.arange(start, start + L, device=idx.device)
+    x = model.drop(model.token_emb(idx) + model.pos_emb(positions))  # (B, L, d_model)
+    for layer, block in enumerate(model.blocks):
+        x = block(x, None, cache, layer, start)  # mask None: bidirectional
+    return model.head(model.ln_f(x))  # (B, L, vocab_size)
+
+
+class _BlockView:
+    """The denoiser a block's steps call: ids of the block (B, b) -> its logits (B, b, V).
+
+    It runs the model on the context the cache mode needs (see `_cache_mode`), with the rest
+    of `x` as it is now. `calls` counts the network calls. With a list `errors`, the
+    approximate mode also runs the exact forward and records how far it is off.
+    """
+
+    def __init__(self, model, x, start, end, mode, cache, mask_id, errors=None):
+        self.model, self.x, self.start, self.end = model, x, start, end
+        self.mode, self.cache, self.mask_id, self.errors = mode, cache, mask_id, errors
+        self.config = getattr(model, "config", None)
+        self.calls = 0
+        self.first_logits = None
+
+    def __call__(self, block: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        s, e, x, model = self.start, self.end, self.x, self.model
+        if self.mode == "exact":  # the cache holds the finished blocks; the block stays out
+            return model(block, cache=self.cache, update_cache=False)
+        if self.mode == "prefix":  # every finished block is run again
+            return model(torch.cat([x[:, :s], block], 1))[:, s:]
+        whole = torch.cat([x[:, :s], block, x[:, e:]], 1)  # (B, L): later blocks still masked
+        if self.mode == "full":
+            return diffusion.denoise(model, whole, self.mask_id)[:, s:e]
+        if self.calls == 1:  # the block's first step: exact, and it refreshes the whole cache
+            logits = forward_with_kv(model, whole, self.cache, 0)[:, s:e]
+            self.first_logits = logits
+        else:  # the block and what follows it, against the cached (stale) prefix
+            logits = forward_with_kv(model, whole[:, s:], self.cache, s)[:, : e - s]
+        if self.errors is not None:
+            self._record(logits, model(whole)[:, s:e], block == self.mask_id)
+        return logits
+
+    def _record(self, approx, exact, masked) -> None:
+        """One step's error of the approximate logits at the block's masked positions."""
+        log_p = torch.log_softmax(exact.double(), -1)[masked]  # (n_masked, V)
+        log_q = torch.log_softmax(approx.double(), -1)[masked]
+        stale = torch.log_softmax(self.first_logits.double(), -1)[masked]
+        self.errors.append(
+            {
+                "block": self.start // (self.end - self.start),
+                "step": self.calls - 1,
+                "max_logit_error": (approx - exact)[masked].abs().max().item(),
+                "stale_max_logit_error": (self.first_logits - exact)[masked].abs().max().item(),
+                "kl": (log_p.exp() * (log_p - log_q)).sum(-1).mean().item(),
+                "stale_kl": (log_p.exp() * (log_p - stale)).sum(-1).mean().item(),
+                "argmax_agreement": (log_p.argmax(-1) == log_q.argmax(-1)).double().mean().item(),
+            }
+        )
+
+
+def _contains(rows: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Whether each row of `rows` (B, n) contains `pattern` (m,) contiguously: (B,) bool."""
+    m = pattern.numel()
+    if rows.shape[1] < m:
+        return torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
+    windows = rows.unfold(1, m, 1)  # (B, n - m + 1, m)
+    return (windows == pattern.to(rows.device)).all(-1).any(-1)
+
+
+def _stop_pattern(stop_ids) -> torch.Tensor | None:
+    if stop_ids is None:
+        return None
+    pattern = torch.as_tensor(stop_ids, dtype=torch.long).reshape(-1)
+    if pattern.numel() == 0:
+        raise ValueError("stop_ids is empty: give the token id(s) that end a text, or None")
+    return pattern
+
+
+@torch.inference_mode()
+def sample_block_diffusion(
+    model: diffusion.Denoiser,
+    *,
+    length: int,
+    block_len: int,
+    steps_per_block: int,
+    batch_size: int = 1,
+    strategy: str = "confidence",
+    threshold: float | None = None,
+    prompt: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    use_kv_cache: bool = True,
+    approximate_cache: str | None = None,
+    generator: torch.Generator | None = None,
+    stop_ids=None,
+    schedule: str | diffusion.Schedule = "loglinear",
+    confidence: str | None = None,
+    mask_id: int | None = None,
+    record: bool = False,
+) -> DiffusionSample:
+    """Semi-autoregressive (block) diffusion: decode `length` tokens `block_len` at a time.
+
+    Blocks are decoded left to right; each is a small masked-diffusion problem of
+    `steps_per_block` steps, run exactly as `sample_diffusion` runs a whole sequence (same
+    strategies, same random numbers per step, drawn for the block's (B, block_len)
+    positions), while the finished blocks are fixed context. Notebook 08.
+
+    Which model, and how a step sees the finished blocks:
+
+    - a block-causal model (trained with the "bd3lm" objective; `block_len` must be its own):
+      `use_kv_cache=True` keeps the keys and values of the finished blocks in a KV cache
+      (each finished block is committed with one forward) and runs only the block being
+      denoised; `use_kv_cache=False` runs every finished block again at every step. The two
+      give the same tokens: the cache is exact because no finished block can see a later one.
+    - a bidirectional model (or a plain denoiser callable): every step runs the whole
+      sequence, later blocks still masked (LLaDA's semi-AR decoding), with
+      `use_kv_cache=False`. `approximate_cache="prefix"` is Fast-dLLM's approximate cache:
+      the first step of a block runs the whole sequence and keeps every position's keys and
+      values; the other steps run only the block and what follows it, against the kept keys
+      and values of the prefix (stale: computed before the block changed). See
+      `prefix_cache_error` for what that costs in accuracy.
+
+    `strategy`: "confidence" (default), "threshold" (Fast-dLLM's parallel decoding: commit
+    every masked position of the block whose confidence exceeds `threshold` in (0, 1],
+    default 0.9, and at least as many as "confidence" would, so at least one per step),
+    "ancestral" or "ancestral_cached" (see `sample_diffusion`).
+
+    Variable length: with `stop_ids` (a token id or a sequence of ids, e.g. the ids of
+    "\\n\\n"), decoding stops after the first block at the end of which every sequence's
+    generated text contains that pattern; `tokens` then has fewer than `length` columns (the
+    text after each sequence's stop is the caller's to cut). Otherwise all `length` tokens
+    are generated.
+
+    Returns a `DiffusionSample`: `nfe` counts every network call (denoising steps and cache
+    commits), `tokens_per_step` the generated tokens per denoising step, `trajectory`
+    (`record=True`) the whole sequence before the first step and after every step.
+    """
+    _check_block_inputs(model, length, block_len, steps_per_block, batch_size)
+    check_temperature(temperature)
+    threshold = _check_strategy(strategy, threshold, confidence)
+    mode = _cache_mode(model, block_len, use_kv_cache, approximate_cache)
+    return _decode_blocks(
+        model,
+        length=length,
+        block_len=block_len,
+        steps_per_block=steps_per_block,
+        batch_size=batch_size,
+        strategy=strategy,
+        threshold=threshold,
+        prompt=prompt,
+        temperature=temperature,
+        mode=mode,
+        generator=generator,
+        stop=_stop_pattern(stop_ids),
+        schedule=diffusion.get_schedule(schedule),
+        confidence=confidence or "low_confidence",
+        mask_id=diffusion.resolve_mask_id(model, mask_id),
+        record=record,
+    )
+
+
+def _decode_blocks(
+    model,
+    *,
+    length,
+    block_len,
+    steps_per_block,
+    batch_size,
+    strategy,
+    threshold,
+    prompt,
+    temperature,
+    mode,
+    generator,
+    stop,
+    schedule,
+    confidence,
+    mask_id,
+    record,
+    errors=None,
+) -> DiffusionSample:
+    """The block loop of `sample_block_diffusion`, its arguments checked."""
+    device = _device_of(model, prompt)
+    x = _initial_state(length, batch_size, prompt, mask_id, device)  # (B, L)
+    prompt_len = 0 if prompt is None else prompt.shape[-1]
+    trajectory = [x.cpu().clone()] if record else None
+    alphas = schedule.alpha(schedule.time_grid(steps_per_block)).tolist()
+    cache = model.new_cache(batch_size) if mode in ("exact", "approximate") else None
+    nfe = steps_taken = n_generated = 0
+    end = length
+    with diffusion.eval_mode(model):
+        for start in range(0, length, block_len):
+            stop_at = start + block_len
+            block = x[:, start:stop_at]  # (B, b)
+            n_generated += int((block == mask_id).sum())
+            view = _BlockView(model, x, start, stop_at, mode, cache, mask_id, errors)
+            block_trajectory = [] if record else None
+            if strategy.startswith("ancestral"):
+                block, _, steps = _ancestral(
+                    view,
+                    block,
+                    alphas,
+                    mask_id,
+                    temperature,
+                    generator,
+                    cached=strategy == "ancestral_cached",
+                    trajectory=block_trajectory,
+                )
+            else:
+                block, _, steps = _confident(
+                    view,
+                    block,
+                    alphas,
+                    mask_id,
+                    temperature,
+                    generator,
+                    kind=confidence,
+                    threshold=threshold,
+                    trajectory=block_trajectory,
+                )
+            x[:, start:stop_at] = block
+            steps_taken += steps
+            nfe += view.calls
+            for state in block_trajectory or []:
+                whole = trajectory[-1].clone()
+                whole[:, start:stop_at] = state
+                trajectory.append(whole)
+            if stop is not None and bool(_contains(x[:, prompt_len:stop_at], stop).all()):
+                end = stop_at
+                break
+            if mode == "exact" and stop_at < length:
+                model(x[:, start:stop_at], cache=cache)  # commit the finished block
+                nfe += 1
+    if end < length:
+        x = x[:, :end]
+        trajectory = None if trajectory is None else [state[:, :end] for state in trajectory]
+    return DiffusionSample(x, nfe, steps_taken, n_generated, trajectory)
+
+
+@dataclass
+class PrefixCacheError:
+    """How far Fast-dLLM's approximate prefix cache is from the exact forward.
+
+    Logit errors are over the masked positions of the block being decoded (the ones the
+    step predicts), at every step. "stale" is the crude alternative: reusing the block's
+    first-step logits for all its steps. `token_agreement`: the fraction of positions where
+    the cached sampler wrote the same token as the exact one with the same seed (once they
+    differ, the rest of the text is conditioned differently, so it is a pessimistic measure).
+    """
+
+    max_logit_error: float
+    first_step_max_logit_error: float  # the cache is fresh at a block's first step
+    mean_kl: float  # KL(exact || approximate), nats per masked position, averaged over steps
+    stale_max_logit_error: float
+    stale_mean_kl: float
+    argmax_agreement: float
+    token_agreement: float
+    steps: list[dict]
+
+
+def prefix_cache_error(
+    model: Transformer,
+    *,
+    length: int,
+    block_len: int,
+    steps_per_block: int,
+    batch_size: int = 1,
+    strategy: str = "confidence",
+    threshold: float | None = None,
+    prompt: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> PrefixCacheError:
+    """Measure the approximate prefix cache of a bidirectional model against no cache.
+
+    Decodes with `approximate_cache="prefix"` and, at every step, also runs the exact forward
+    on the same state (this draws no random numbers) to compare logits; then decodes again
+    without a cache from the same seed to compare tokens. Notebook 08.
+    """
+    _check_block_inputs(model, length, block_len, steps_per_block, batch_size)
+    check_temperature(temperature)
+    threshold = _check_strategy(strategy, threshold, None)
+    mode = _cache_mode(model, block_len, False, "prefix")
+    settings = dict(
+        length=length,
+        block_len=block_len,
+        steps_per_block=steps_per_block,
+        batch_size=batch_size,
+        strategy=strategy,
+        threshold=threshold,
+        prompt=prompt,
+        temperature=temperature,
+        stop=None,
+        schedule=diffusion.get_schedule("loglinear"),
+        confidence="low_confidence",
+        mask_id=model.mask_id,
+        record=False,
+    )
+    steps: list[dict] = []
+    with torch.inference_mode():
+        cached = _decode_blocks(
+            model,
+            mode=mode,
+            generator=torch.Generator().manual_seed(seed),
+            errors=steps,
+            **settings,
+        )
+        exact = _decode_blocks(
+            model, mode="full", generator=torch.Generator().manual_seed(seed), **settings
+        )
+    if not steps:
+        raise ValueError("nothing was decoded: the prompt fills every position")
+    first = [row for row in steps if row["step"] == 0]
+    return PrefixCacheError(
+        max_logit_error=max(row["max_logit_error"] for row in steps),
+        first_step_max_logit_error=max(row["max_logit_error"] for row in first),
+        mean_kl=sum(row["kl"] for row in steps) / len(steps),
+        stale_max_logit_error=max(row["stale_max_logit_error"] for row in steps),
+        stale_mean_kl=sum(row["stale_kl"] for row in steps) / len(steps),
+        argmax_agreement=sum(row["argmax_agreement"] for row in steps) / len(steps),
+        token_agreement=(cached.tokens == exact.tokens).double().mean().item(),
+        steps=steps,
+    )

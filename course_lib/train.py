@@ -5,8 +5,8 @@ rate, gradient clipping, bfloat16 autocast where it is fast (see `env.autocast_d
 periodic evaluation, atomic checkpoints, resume, and DistributedDataParallel under torchrun.
 
 The loop does not know what it trains. An *objective* turns a batch into a scalar loss:
-`"ar"` (next-token cross-entropy, here) or `"mdlm"` (the masked-diffusion ELBO of
-`course_lib.diffusion`), listed in `OBJECTIVES`. A *batch source* hands out batches (text windows or samples of
+`"ar"` (next-token cross-entropy, here), `"mdlm"` (the masked-diffusion ELBO of
+`course_lib.diffusion`) or `"bd3lm"` (its block-diffusion form), listed in `OBJECTIVES`. A *batch source* hands out batches (text windows or samples of
 a synthetic distribution).
 
 Interrupting (Ctrl-C, or an error) saves a checkpoint of the last finished step; running the
@@ -114,6 +114,7 @@ def ar_loss(
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
     "ar": ar_loss,
     "mdlm": diffusion.mdlm_objective,
+    "bd3lm": diffusion.bd3lm_objective,
 }
 
 
