@@ -1,0 +1,603 @@
+"""The optimized samplers (notebook 09): the reference's tokens, sooner.
+
+Notebook 09 starts from the reference samplers of notebooks 03, 06 and 08
+(`sampling.sample_block_diffusion(use_kv_cache=False)`, `sampling.sample_diffusion`,
+`sampling.sample_ar(use_kv_cache=False)`), profiles them, and removes one cost at a time.
+Each optimization is a switch of `DiffusionOptimizations` or `AROptimizations`;
+`DIFFUSION_STAGES` and `AR_STAGES` turn them on one after another, so a notebook (or
+`python -m course_lib bench`) can measure what each one buys.
+
+The rule: an optimization may change how fast the tokens come, never which tokens. Every
+stage draws the same random numbers as the reference, in the same order, and on a CPU in
+float32 writes the same tokens for the same seed (tests/test_fast.py checks each stage).
+bfloat16 changes the numerics, so on a GPU the bf16 stages are compared by the distribution
+and quality of their text instead; torch.compile may reorder float32 sums (logits move in
+the last bit), so its tokens are checked, not assumed.
+
+The diffusion switches, in the order the stages add them:
+
+- inference_mode: no autograd bookkeeping (the naive loop forgets it).
+- vectorized_unmask: choose and commit the tokens of every row at once (not row by row).
+- no_sync: no device-to-host reads inside the loop where the reference's random-number
+  contract allows it. "confidence" knows how many tokens each step commits before it runs,
+  so its loop reads nothing back. "threshold" and "ancestral" must learn whether a block
+  is finished before drawing the next step's numbers (the reference stops drawing then),
+  and ancestral skipping must learn whether a step changed anything: one read per step.
+- float64_only_where_needed: float64 probabilities for the block's positions only, not
+  for every position the forward scored.
+- kv_cache (block-causal models): keep the finished blocks' keys and values and run only
+  the block being denoised (exact: nothing earlier can see it). Bidirectional models have
+  no exact cache (see `sampling.prefix_cache_error`); for them it does nothing.
+- static_buffers: gpt-fast's static cache: one preallocated KV cache per sampler, and a
+  step of fixed shapes that writes its keys at position *tensors* and attends over the
+  whole cache under the model's mask. Nothing is allocated or resized per step, and the
+  step can be compiled once and captured in a CUDA graph.
+- skip_unchanged ("ancestral"): a step that unmasked nothing leaves the input unchanged,
+  so the next step reuses the probabilities instead of calling the network.
+- bf16 (CUDA): a bfloat16 copy of the weights (as gpt-fast keeps them: a decode step reads
+  every weight, so their bytes are its time) and bfloat16 autocast; SDPA then runs its
+  fused flash / memory-efficient kernels.
+- cuda_graphs (CUDA): capture the step once and replay it: one launch instead of hundreds.
+- compile: torch.compile of the step, fusing its small kernels (compile time is reported
+  apart by the benchmarks; on a CPU it takes a minute and buys little).
+
+The AR decoder (`FastARDecoder`) gets gpt-fast's treatment with the same kind of switches:
+inference_mode; no_sync (tokens stay on the device instead of passing through Python lists);
+kv_cache; static_buffers (a preallocated output, the static cache and a decode step of fixed
+shape); bf16, cuda_graphs and compile. Batching is no switch: every sampler takes a
+`batch_size`, and the benchmarks sweep it. `stages_for(device)` lists the stages a device
+can run (on a CPU: no bf16, no CUDA graphs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import diffusion, sampling
+from course_lib.model import KVCache, Transformer, attention_mask
+
+# the reference's own helpers: both samplers start from the same x_1 and draw the same numbers
+from course_lib.sampling import (
+    DiffusionSample,
+    _initial_state,
+    _uniforms,
+    logits_to_probs,
+    sample_categorical,
+)
+
+CUDA_ONLY = ("bf16", "cuda_graphs")
+
+
+@dataclass(frozen=True)
+class DiffusionOptimizations:
+    """Which costs the diffusion sampler removes (see the module docstring)."""
+
+    inference_mode: bool = True
+    vectorized_unmask: bool = True
+    no_sync: bool = True
+    float64_only_where_needed: bool = True
+    kv_cache: bool = True
+    static_buffers: bool = True
+    skip_unchanged: bool = True
+    bf16: bool = False  # CUDA only
+    cuda_graphs: bool = False  # CUDA only
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class AROptimizations:
+    """Which costs the AR decoder removes: gpt-fast's recipe, one switch at a time."""
+
+    inference_mode: bool = True
+    no_sync: bool = True  # tokens stay on the device (no .tolist() per token)
+    kv_cache: bool = True
+    static_buffers: bool = True  # preallocated output, static cache, fixed-shape decode step
+    bf16: bool = False  # CUDA only
+    cuda_graphs: bool = False  # CUDA only
+    compile: bool = False
+
+
+def _cumulative(options_type) -> list[tuple[str, object]]:
+    """("naive", nothing on), then each switch turned on after the ones before it."""
+    current = options_type(**{f.name: False for f in fields(options_type)})
+    stages = [("naive", current)]
+    for f in fields(options_type):
+        current = replace(current, **{f.name: True})
+        stages.append((f.name, current))
+    return stages
+
+
+DIFFUSION_STAGES: list[tuple[str, DiffusionOptimizations]] = _cumulative(DiffusionOptimizations)
+AR_STAGES: list[tuple[str, AROptimizations]] = _cumulative(AROptimizations)
+
+
+def needs_cuda(options) -> list[str]:
+    """The switches of `options` that only a CUDA device has."""
+    return [name for name in CUDA_ONLY if getattr(options, name)]
+
+
+def stages_for(device: torch.device | str, stages: list | None = None) -> list:
+    """The (name, options) stages that run on `device`.
+
+    On a CUDA device, all of them. Elsewhere the CUDA-only switches stay off, and a stage
+    whose only change was one of them is dropped (so "compile" follows "skip_unchanged").
+    """
+    stages = DIFFUSION_STAGES if stages is None else stages
+    if torch.device(device).type == "cuda":
+        return list(stages)
+    off = {name: False for name in CUDA_ONLY}
+    return [(name, replace(opts, **off)) for name, opts in stages if name not in CUDA_ONLY]
+
+
+def _check_options(options, device: torch.device) -> None:
+    missing = needs_cuda(options)
+    if missing and device.type != "cuda":
+        raise ValueError(
+            f"{missing} need a CUDA device, this model is on {device}; turn them off (on a CPU "
+            "bf16 would change the tokens, and CUDA graphs do not exist)"
+        )
+    if (options.compile or options.cuda_graphs) and not options.static_buffers:
+        raise ValueError("compile and cuda_graphs need static shapes: turn static_buffers on")
+
+
+def _working_model(model: Transformer, options) -> Transformer:
+    """The model a sampler runs: with bf16, a bfloat16 copy (the caller's stays as it is)."""
+    if options.bf16 and next(model.parameters()).dtype != torch.bfloat16:
+        return copy.deepcopy(model).to(torch.bfloat16)
+    return model
+
+
+# -- gpt-fast's static-cache forward --------------------------------------------------------
+
+
+def static_forward(
+    model: Transformer, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache
+) -> torch.Tensor:
+    """Logits (B, T, V) of `ids` (B, T) at `positions` (T,) against a static KV cache.
+
+    The same computation as `model(ids, cache=...)` for a causal or block-causal model,
+    written for fixed shapes: the new keys and values go to `positions` (a tensor, not a
+    Python int, so one compiled or captured step serves every position) and the queries
+    attend over the whole cache under the model's own mask, which hides every position not
+    yet written. Dropout is left out: samplers run in eval mode.
+    """
+    config = model.config
+    B, T = ids.shape
+    C, H, D = config.d_model, config.n_head, config.head_dim
+    key_positions = torch.arange(cache.capacity, device=ids.device)
+    mask = attention_mask(config, positions, key_positions)  # (T, capacity)
+    x = model.token_emb(ids) + model.pos_emb(positions)  # (B, T, C)
+    for layer, block in enumerate(model.blocks):
+        q, k, v = block.attn.qkv(block.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        cache.keys[layer].index_copy_(2, positions, k)
+        cache.values[layer].index_copy_(2, positions, v)
+        y = F.scaled_dot_product_attention(
+            q, cache.keys[layer], cache.values[layer], attn_mask=mask
+        )  # (B, H, T, D)
+        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + block.mlp(block.ln2(x))
+    return model.head(model.ln_f(x))  # (B, T, V)
+
+
+class GraphedStep:
+    """`fn(ids, positions)` captured in a CUDA graph and replayed (shapes fixed at capture).
+
+    Inputs are copied into the graph's own buffers; the returned logits are the graph's
+    output buffer, overwritten by the next replay (use them before calling again).
+    """
+
+    def __init__(self, fn: Callable, ids: torch.Tensor, positions: torch.Tensor) -> None:
+        self.ids, self.positions = ids.clone(), positions.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm up on a side stream, as capture requires
+            for _ in range(3):
+                fn(self.ids, self.positions)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = fn(self.ids, self.positions)
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.ids.copy_(ids)
+        self.positions.copy_(positions)
+        self.graph.replay()
+        return self.logits
+
+
+class _Step:
+    """The network call of one step, `(ids, positions) -> logits`, eager, compiled or graphed.
+
+    `fn` runs under bf16 autocast if asked; with cuda_graphs one graph is captured per input
+    shape (a denoising step and a prefill differ).
+    """
+
+    def __init__(self, fn: Callable, options, device: torch.device) -> None:
+        self.options, self.device = options, device
+        self.fn = torch.compile(fn, fullgraph=True, dynamic=False) if options.compile else fn
+        self.graphs: dict[tuple, GraphedStep] = {}
+
+    def _autocast(self):
+        if not self.options.bf16:
+            return contextlib.nullcontext()
+        # the autocast cache must be off while capturing a CUDA graph
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+
+    def _run(self, ids, positions):
+        with self._autocast():
+            return self.fn(ids, positions)
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if not self.options.cuda_graphs:
+            return self._run(ids, positions)
+        key = (tuple(ids.shape), tuple(positions.shape))
+        if key not in self.graphs:
+            self.graphs[key] = GraphedStep(self._run, ids, positions)
+        return self.graphs[key](ids, positions)
+
+
+def _grad_mode(options):
+    return torch.inference_mode() if options.inference_mode else contextlib.nullcontext()
+
+
+# -- the diffusion sampler ------------------------------------------------------------------
+
+
+class FastDiffusionSampler:
+    """The optimized (block) diffusion sampler for one model, batch size and length.
+
+    A block-causal model is decoded block by block (`block_len` its own); a bidirectional
+    one as one block of `length` (MDLM, notebook 06) unless `block_len` is given (semi-AR
+    decoding, every step running the whole sequence). Keep the sampler to reuse its buffers
+    (and its compiled step) across calls; `fast_sample_diffusion` makes one for a single call.
+    Tokens equal the reference's (`reference_sample_diffusion`) for the same seed.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        *,
+        length: int,
+        block_len: int | None = None,
+        batch_size: int = 1,
+        options: DiffusionOptimizations | None = None,
+    ) -> None:
+        self.options = options = options or DiffusionOptimizations()
+        config = model.config
+        if config.attention == "causal":
+            raise ValueError("a causal model decodes one token at a time: use fast_sample_ar")
+        self.block_causal = config.attention == "block_causal"
+        if block_len is None:
+            block_len = config.block_len if self.block_causal else length
+        sampling._check_block_inputs(model, length, block_len, 1, batch_size)
+        sampling._cache_mode(model, block_len, self.block_causal, None)  # checks block_len
+        self.device = next(model.parameters()).device
+        _check_options(options, self.device)
+        self.model = model = _working_model(model, options)
+        self.length, self.block_len, self.batch_size = length, block_len, batch_size
+        self.cached = self.block_causal and options.kv_cache
+        self.cache = model.new_cache(batch_size) if self.cached else None
+        if self.cached and options.static_buffers:
+            self.step = _Step(self._static_step, options, self.device)
+        else:
+            self.step = _Step(self._plain_step, options, self.device)
+        self.positions = torch.arange(length, device=self.device)
+
+    # the network: logits of the block [start, end) given the rest of x
+
+    def _static_step(self, ids, positions):
+        return static_forward(self.model, ids, positions, self.cache)
+
+    def _plain_step(self, ids, positions):
+        if self.cached:  # the model's own cached forward; the cache's length is the start
+            return self.model(ids, cache=self.cache, update_cache=False)
+        return self.model(ids)
+
+    def _scored(self, x, start, end) -> tuple[torch.Tensor, int]:
+        """Logits of every position the forward scored, and where the block starts in them."""
+        if self.cached:
+            return self.step(x[:, start:end], self.positions[start:end]), 0
+        if self.block_causal:  # the finished blocks again, then the block
+            return self.step(x[:, :end], self.positions[:end]), start
+        return self.step(x, self.positions), start  # bidirectional: the whole sequence
+
+    def _commit(self, x, start, end) -> None:
+        """Write the finished block's keys and values into the cache (one forward)."""
+        if self.options.static_buffers:
+            self.step(x[:, start:end], self.positions[start:end])
+        else:
+            self.model(x[:, start:end], cache=self.cache)
+
+    def _probs(self, x, start, end, temperature) -> torch.Tensor:
+        """float64 probabilities of the block's positions: (B, b, V)."""
+        logits, offset = self._scored(x, start, end)
+        b = end - start
+        if self.options.float64_only_where_needed:
+            return logits_to_probs(logits[:, offset : offset + b], temperature)
+        return logits_to_probs(logits, temperature)[:, offset : offset + b]
+
+    # the sampler
+
+    def __call__(
+        self,
+        *,
+        steps_per_block: int,
+        strategy: str = "confidence",
+        threshold: float | None = None,
+        prompt: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        schedule: str | diffusion.Schedule = "loglinear",
+        confidence: str | None = None,
+    ) -> DiffusionSample:
+        """Sample (batch_size, length) tokens; the arguments as in `sample_block_diffusion`."""
+        sampling._check_positive_int("steps_per_block", steps_per_block)
+        sampling.check_temperature(temperature)
+        threshold = sampling._check_strategy(strategy, threshold, confidence)
+        schedule = diffusion.get_schedule(schedule)
+        alphas = schedule.alpha(schedule.time_grid(steps_per_block)).tolist()
+        run = _Run(self, strategy, threshold, confidence or "low_confidence", temperature, alphas)
+        with _grad_mode(self.options), diffusion.eval_mode(self.model):
+            return run(prompt, generator)
+
+
+def _quota(n_masked: int, left_after: int) -> int:
+    """How many tokens "confidence" commits: down to the schedule's count, at least one."""
+    return min(max(n_masked - left_after, 1), n_masked)
+
+
+class _Run:
+    """One call of a `FastDiffusionSampler`: the block loop and the two kinds of step."""
+
+    def __init__(self, sampler, strategy, threshold, confidence, temperature, alphas):
+        self.sampler, self.options = sampler, sampler.options
+        self.strategy, self.threshold, self.confidence = strategy, threshold, confidence
+        self.temperature, self.alphas = temperature, alphas
+        self.mask_id = sampler.model.mask_id
+        self.nfe = self.steps_taken = 0
+
+    def __call__(self, prompt, generator) -> DiffusionSample:
+        s, mask_id = self.sampler, self.mask_id
+        x = _initial_state(s.length, s.batch_size, prompt, mask_id, s.device)  # (B, L)
+        b = s.block_len
+        # masks per row and block, read once: (B, n_blocks)
+        masks_left = (x == mask_id).view(s.batch_size, -1, b).sum(-1).tolist()
+        n_generated = sum(map(sum, masks_left))
+        if s.cache is not None:
+            s.cache.reset()
+        for k, start in enumerate(range(0, s.length, b)):
+            end = start + b
+            counts = [row[k] for row in masks_left]
+            if self.strategy.startswith("ancestral"):
+                self._ancestral(x, start, end, generator)
+            else:
+                self._confident(x, start, end, counts, generator)
+            if s.cached and end < s.length:
+                s._commit(x, start, end)
+                self.nfe += 1
+        return DiffusionSample(x, self.nfe, self.steps_taken, n_generated)
+
+    def _still_masked(self, block) -> bool:
+        return bool((block == self.mask_id).any())  # a device-to-host read
+
+    def _ancestral(self, x, start, end, generator) -> None:
+        steps = len(self.alphas) - 1
+        probs, changed = None, True
+        for j in range(steps):
+            block = x[:, start:end]  # (B, b), a view: commits write into x
+            if not self._still_masked(block):
+                break
+            if probs is None or changed or not self.options.skip_unchanged:
+                probs = self.sampler._probs(x, start, end, self.temperature)  # (B, b, V)
+                self.nfe += 1
+            alpha_t, alpha_s = self.alphas[j], self.alphas[j + 1]
+            p_unmask = 1.0 if j == steps - 1 else (alpha_s - alpha_t) / (1 - alpha_t)
+            u = _uniforms(block.shape, generator, x.device)  # (B, b)
+            proposal = sample_categorical(probs, generator)  # (B, b)
+            unmask = (block == self.mask_id) & (u < p_unmask)
+            if self.options.vectorized_unmask:
+                block.copy_(torch.where(unmask, proposal, block))
+            else:
+                for row in range(block.shape[0]):
+                    block[row] = torch.where(unmask[row], proposal[row], block[row])
+            if self.options.skip_unchanged:
+                changed = bool(unmask.any())
+            self.steps_taken += 1
+
+    def _confident(self, x, start, end, counts, generator) -> None:
+        steps = len(self.alphas) - 1
+        B, b = x.shape[0], end - start
+        mask_probs = 1 - torch.tensor(self.alphas[1:], dtype=torch.float64)  # (steps,)
+        # the schedule's masks left after each step, per row: (B, steps), as the reference
+        n_start = torch.tensor(counts, dtype=torch.float64)
+        left_after = torch.round(n_start[:, None] * mask_probs[None, :]).long()
+        left_after[:, -1] = 0
+        left_host, left_after = left_after.tolist(), left_after.to(x.device)
+        # "confidence" commits exactly its quota, so the host can follow the mask counts
+        # without reading them back; "threshold" commits more, so it must read them
+        host_knows = self.options.no_sync and self.threshold is None
+        n_host = list(counts)
+        ranks = torch.arange(b, device=x.device)
+        for j in range(steps):
+            block = x[:, start:end]  # (B, b), a view: commits write into x
+            if host_knows and not any(n_host):
+                break
+            if not host_knows and not self._still_masked(block):
+                break
+            masked = block == self.mask_id
+            probs = self.sampler._probs(x, start, end, self.temperature)  # (B, b, V)
+            self.nfe += 1
+            proposal = sample_categorical(probs, generator)  # (B, b)
+            conf = sampling.position_confidence(probs, proposal, self.confidence)
+            conf = conf.masked_fill(~masked, float("-inf"))  # only masked positions compete
+            order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # (B, b)
+            if self.options.vectorized_unmask:  # every row's quota at once, on the device
+                n_masked = masked.sum(1)  # (B,)
+                quota = torch.minimum((n_masked - left_after[:, j]).clamp(min=1), n_masked)
+                commit = torch.zeros_like(masked).scatter(1, order, ranks < quota[:, None])
+            else:  # row by row, reading each row's count back
+                commit = torch.zeros_like(masked)
+                for row in range(B):
+                    quota = _quota(int(masked[row].sum()), left_host[row][j])
+                    commit[row, order[row, :quota]] = True
+            if self.threshold is not None:
+                commit |= masked & (conf > self.threshold)
+            block.copy_(torch.where(commit, proposal, block))
+            n_host = [n - _quota(n, left[j]) for n, left in zip(n_host, left_host, strict=True)]
+            self.steps_taken += 1
+
+
+def fast_sample_diffusion(
+    model: Transformer,
+    *,
+    length: int,
+    steps_per_block: int,
+    block_len: int | None = None,
+    batch_size: int = 1,
+    strategy: str = "confidence",
+    threshold: float | None = None,
+    prompt: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    schedule: str | diffusion.Schedule = "loglinear",
+    confidence: str | None = None,
+    options: DiffusionOptimizations | None = None,
+) -> DiffusionSample:
+    """One call of a fresh `FastDiffusionSampler`: same tokens as the reference, sooner."""
+    sampler = FastDiffusionSampler(
+        model, length=length, block_len=block_len, batch_size=batch_size, options=options
+    )
+    return sampler(
+        steps_per_block=steps_per_block,
+        strategy=strategy,
+        threshold=threshold,
+        prompt=prompt,
+        temperature=temperature,
+        generator=generator,
+        schedule=schedule,
+        confidence=confidence,
+    )
+
+
+def reference_sample_diffusion(
+    model: Transformer,
+    *,
+    length: int,
+    steps_per_block: int,
+    block_len: int | None = None,
+    **kwargs,
+) -> DiffusionSample:
+    """The reference the fast sampler must match: notebook 08's block sampler without a
+    cache (every step runs every finished block again), or for a bidirectional model
+    decoded as one block, notebook 06's `sample_diffusion`."""
+    if block_len is None:
+        block_len = model.config.block_len or length
+    if model.config.attention == "bidirectional" and block_len == length:
+        return sampling.sample_diffusion(model, length=length, steps=steps_per_block, **kwargs)
+    return sampling.sample_block_diffusion(
+        model,
+        length=length,
+        block_len=block_len,
+        steps_per_block=steps_per_block,
+        use_kv_cache=False,
+        **kwargs,
+    )
+
+
+# -- the AR decoder -------------------------------------------------------------------------
+
+
+class FastARDecoder:
+    """The optimized AR decoder for one causal model and batch size (gpt-fast's recipe).
+
+    Same tokens as `sampling.sample_ar` for the same seed: one float64 categorical per
+    sequence per step (`logits_to_probs`, `sample_categorical`).
+    """
+
+    def __init__(
+        self, model: Transformer, *, batch_size: int = 1, options: AROptimizations | None = None
+    ) -> None:
+        self.options = options = options or AROptimizations()
+        if model.config.attention != "causal":
+            raise ValueError(f"the AR decoder needs a causal model, not {model.config.attention!r}")
+        self.device = next(model.parameters()).device
+        _check_options(options, self.device)
+        self.model = model = _working_model(model, options)
+        self.batch_size = batch_size
+        self.cache = model.new_cache(batch_size) if options.kv_cache else None
+        fn = self._static_step if options.kv_cache and options.static_buffers else self._step
+        self.step = _Step(fn, options, self.device)
+        self.positions = torch.arange(model.config.context_len, device=self.device)
+
+    def _static_step(self, ids, positions):
+        return static_forward(self.model, ids, positions, self.cache)[:, -1]  # (B, V)
+
+    def _step(self, ids, positions):
+        return self.model(ids, cache=self.cache)[:, -1]  # (B, V); cache None: the whole prefix
+
+    def __call__(
+        self,
+        *,
+        prompt: torch.Tensor,
+        n_tokens: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue `prompt` (P,) or (B, P) by `n_tokens`: ids (B, P + n_tokens)."""
+        sampling._check_positive_int("n_tokens", n_tokens)
+        sampling.check_temperature(temperature)
+        prompt = sampling._as_batch(prompt).to(self.device)
+        if prompt.shape[0] != self.batch_size:
+            raise ValueError(f"prompt has batch {prompt.shape[0]}, the decoder {self.batch_size}")
+        P, context = prompt.shape[1], self.model.config.context_len
+        if P + n_tokens > context:
+            raise ValueError(f"prompt ({P}) + n_tokens ({n_tokens}) exceeds the context {context}")
+        if prompt.min() < 0 or prompt.max() >= self.model.config.vocab_size:
+            raise ValueError(f"prompt ids must be in [0, {self.model.config.vocab_size})")
+        with _grad_mode(self.options), diffusion.eval_mode(self.model):
+            return self._decode(prompt, n_tokens, temperature, generator)
+
+    def _decode(self, prompt, n_tokens, temperature, generator) -> torch.Tensor:
+        o, B, P = self.options, self.batch_size, prompt.shape[1]
+        if o.static_buffers:
+            out = torch.empty(B, P + n_tokens, dtype=torch.long, device=self.device)
+            out[:, :P] = prompt
+        else:
+            out = prompt
+        if self.cache is not None:
+            self.cache.reset()
+        new = prompt  # what the next forward must run: the prompt, then one token
+        for pos in range(P, P + n_tokens):
+            ids = new if self.cache is not None else out[:, :pos]
+            logits = self.step(ids, self.positions[pos - ids.shape[1] : pos])  # (B, V)
+            token = sample_categorical(logits_to_probs(logits, temperature), generator)  # (B,)
+            if not o.no_sync:  # the naive loop: tokens through Python lists, every step
+                token = torch.tensor(token.tolist(), device=self.device)
+            if o.static_buffers:
+                out[:, pos] = token
+            else:
+                out = torch.cat([out, token[:, None]], dim=1)
+            new = out[:, pos : pos + 1]
+        return out
+
+
+def fast_sample_ar(
+    model: Transformer,
+    *,
+    prompt: torch.Tensor,
+    n_tokens: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    options: AROptimizations | None = None,
+) -> torch.Tensor:
+    """One call of a fresh `FastARDecoder`: the tokens of `sampling.sample_ar`, sooner."""
+    batch = sampling._as_batch(prompt).shape[0]
+    decoder = FastARDecoder(model, batch_size=batch, options=options)
+    return decoder(prompt=prompt, n_tokens=n_tokens, temperature=temperature, generator=generator)

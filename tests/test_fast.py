@@ -1,0 +1,264 @@
+"""course_lib.fast: every optimization stage writes the reference's tokens (notebook 09)."""
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from course_lib import fast, sampling
+from course_lib.model import ModelConfig, Transformer
+
+V, L, BLOCK = 11, 32, 8
+CPU_STAGES = [(name, opts) for name, opts in fast.stages_for("cpu") if not opts.compile]
+CPU_AR_STAGES = [
+    (name, opts) for name, opts in fast.stages_for("cpu", fast.AR_STAGES) if not opts.compile
+]
+
+
+def make(attention, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        vocab_size=V,
+        context_len=L,
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        attention=attention,
+        block_len=BLOCK if attention == "block_causal" else None,
+    )
+    return Transformer(config).to(dtype).eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {kind: make(kind) for kind in ("block_causal", "bidirectional", "causal")}
+
+
+PROMPT = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])  # a whole block and a bit
+# (model, block_len, strategy, steps per block, threshold, prompt): every loop of the sampler
+CASES = [
+    ("block_causal", None, "confidence", 3, None, None),
+    ("block_causal", None, "confidence", 8, None, PROMPT),
+    ("block_causal", None, "threshold", 8, 0.1, PROMPT),
+    ("block_causal", None, "ancestral", 12, None, PROMPT),  # more steps than tokens: skips
+    ("bidirectional", None, "ancestral", 48, None, None),  # MDLM, one block of 32
+    ("bidirectional", None, "confidence", 8, None, PROMPT),
+    ("bidirectional", None, "threshold", 8, 0.05, None),  # all at once: ends early
+    ("bidirectional", BLOCK, "confidence", 4, None, None),  # semi-AR, whole sequence each step
+]
+
+
+def run_case(models, case, seed, options=None, sampler=None):
+    kind, block_len, strategy, steps, threshold, prompt = case
+    settings = dict(strategy=strategy, threshold=threshold, prompt=prompt, temperature=0.8)
+    if options is None and sampler is None:
+        return fast.reference_sample_diffusion(
+            models[kind],
+            length=L,
+            block_len=block_len,
+            steps_per_block=steps,
+            batch_size=3,
+            generator=torch.Generator().manual_seed(seed),
+            **settings,
+        )
+    sampler = sampler or fast.FastDiffusionSampler(
+        models[kind], length=L, block_len=block_len, batch_size=3, options=options
+    )
+    return sampler(steps_per_block=steps, generator=torch.Generator().manual_seed(seed), **settings)
+
+
+@pytest.fixture(scope="module")
+def references(models):
+    return {
+        (i, seed): run_case(models, case, seed) for i, case in enumerate(CASES) for seed in (0, 1)
+    }
+
+
+@pytest.mark.parametrize("stage", [name for name, _ in CPU_STAGES])
+def test_every_diffusion_stage_writes_the_reference_tokens(stage, models, references):
+    options = dict(CPU_STAGES)[stage]
+    for (i, seed), ref in references.items():
+        out = run_case(models, CASES[i], seed, options)
+        assert torch.equal(out.tokens, ref.tokens), (stage, CASES[i][:5], seed)
+        assert out.n_generated == ref.n_generated and out.steps_taken == ref.steps_taken
+        assert out.tokens_per_step == ref.tokens_per_step
+
+
+def test_the_cases_exercise_what_the_stages_change(models, references):
+    """The test above could pass vacuously: check its cases reach the interesting paths."""
+    by_case = {i: ref for (i, seed), ref in references.items() if seed == 0}
+    assert by_case[2].tokens_per_step > BLOCK / 8  # threshold committed extra tokens
+    assert by_case[6].steps_taken == 1 and by_case[6].tokens_per_step == L
+    fastest = CPU_STAGES[-1][1]
+    skipped = run_case(models, CASES[4], 0, fastest)  # ancestral, 48 steps for 32 tokens
+    assert skipped.nfe < by_case[4].nfe == 48
+    cached = run_case(models, CASES[0], 0, fastest)  # one commit per finished block but the last
+    assert cached.nfe == by_case[0].nfe + L // BLOCK - 1
+
+
+def test_a_kept_sampler_starts_afresh_every_call(models, references):
+    """Static buffers are reused across calls: nothing of the last call may leak in."""
+    for i in (1, 3, 4):
+        kind, block_len = CASES[i][:2]
+        sampler = fast.FastDiffusionSampler(
+            models[kind], length=L, block_len=block_len, batch_size=3
+        )
+        for seed in (1, 0, 1):
+            assert torch.equal(
+                run_case(models, CASES[i], seed, sampler=sampler).tokens, references[i, seed].tokens
+            )
+
+
+@pytest.mark.parametrize("stage", [name for name, _ in CPU_AR_STAGES])
+def test_every_ar_stage_writes_the_tokens_of_sample_ar(stage, models):
+    options = dict(CPU_AR_STAGES)[stage]
+    model = models["causal"]
+    decoder = fast.FastARDecoder(model, batch_size=3, options=options)
+    for seed, prompt_len in [(0, 1), (1, 4), (2, 4)]:
+        prompt = torch.randint(0, V, (3, prompt_len), generator=torch.Generator().manual_seed(seed))
+        kwargs = dict(prompt=prompt, n_tokens=L - prompt_len, temperature=0.9)
+        expected = sampling.sample_ar(
+            model, use_kv_cache=False, generator=torch.Generator().manual_seed(seed), **kwargs
+        )
+        got = decoder(generator=torch.Generator().manual_seed(seed), **kwargs)
+        assert torch.equal(got, expected), (stage, seed)
+        once = fast.fast_sample_ar(
+            model, options=options, generator=torch.Generator().manual_seed(seed), **kwargs
+        )
+        assert torch.equal(once, expected)
+
+
+@pytest.mark.parametrize("attention", ["causal", "block_causal"])
+def test_static_forward_is_the_cached_forward(attention):
+    """gpt-fast's step (writes at position tensors, attends over the whole cache under the
+    mask) computes what model(...) computes; float64 so that the check can be 1e-10."""
+    model = make(attention, torch.float64)
+    x = torch.randint(0, V, (2, L), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache(2)
+    cache.keys[0].fill_(1e3)  # garbage beyond what is written must stay hidden by the mask
+    with torch.no_grad():
+        full = model(x)
+        pieces = [
+            fast.static_forward(model, x[:, s:e], torch.arange(s, e), cache)
+            for s, e in [(0, 8), (8, 16), (16, 24), (24, 32)]
+        ]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_the_stages_turn_the_switches_on_one_at_a_time():
+    for stages, options_type in [
+        (fast.DIFFUSION_STAGES, fast.DiffusionOptimizations),
+        (fast.AR_STAGES, fast.AROptimizations),
+    ]:
+        names = [f.name for f in dataclasses.fields(options_type)]
+        assert [name for name, _ in stages] == ["naive", *names]
+        for k, (name, options) in enumerate(stages):
+            on = [n for n in names if getattr(options, n)]
+            assert on == names[:k], name
+    cpu = fast.stages_for("cpu")
+    assert not any(fast.needs_cuda(options) for _, options in cpu)
+    assert [name for name, _ in cpu][-2:] == ["skip_unchanged", "compile"]
+
+
+def test_gpu_switches_are_refused_on_a_cpu_with_a_reason(models):
+    for switch in ("bf16", "cuda_graphs"):
+        options = fast.DiffusionOptimizations(**{switch: True})
+        with pytest.raises(ValueError, match="need a CUDA device"):
+            fast.FastDiffusionSampler(models["block_causal"], length=L, options=options)
+        with pytest.raises(ValueError, match="need a CUDA device"):
+            fast.FastARDecoder(models["causal"], options=fast.AROptimizations(**{switch: True}))
+    with pytest.raises(ValueError, match="static shapes"):
+        fast.FastDiffusionSampler(
+            models["block_causal"],
+            length=L,
+            options=fast.DiffusionOptimizations(static_buffers=False, compile=True),
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(length=30), "must divide"),
+        (dict(block_len=4), "trained with blocks of 8"),
+        (dict(steps_per_block=0), "steps_per_block must be a positive int"),
+        (dict(temperature=0.0), "temperature must be > 0"),
+        (dict(strategy="threshold", threshold=0.0), r"threshold must be in \(0, 1\]"),
+        (dict(strategy="greedy"), "unknown strategy"),
+    ],
+)
+def test_bad_input_is_refused(kwargs, message, models):
+    settings = dict(length=L, steps_per_block=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        fast.fast_sample_diffusion(models["block_causal"], **settings)
+
+
+def test_bad_ar_input_is_refused(models):
+    with pytest.raises(ValueError, match="causal model"):
+        fast.FastARDecoder(models["bidirectional"])
+    with pytest.raises(ValueError, match="fast_sample_ar"):
+        fast.FastDiffusionSampler(models["causal"], length=L)
+    decoder = fast.FastARDecoder(models["causal"], batch_size=2)
+    prompt = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="batch"):
+        decoder(prompt=prompt[:1], n_tokens=4)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        decoder(prompt=prompt, n_tokens=L)
+    with pytest.raises(ValueError, match="n_tokens must be a positive int"):
+        decoder(prompt=prompt, n_tokens=0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        decoder(prompt=prompt, n_tokens=4, temperature=-1.0)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("COURSE_SLOW_TESTS"),
+    reason="torch.compile on a CPU takes about a minute per model; set COURSE_SLOW_TESTS=1",
+)
+def test_the_compiled_stage_writes_the_reference_tokens(models, references):
+    """Compiled kernels may sum in another order (logits move in the last bit): the tokens
+    are what must not move."""
+    compiled = dict(fast.stages_for("cpu"))["compile"]
+    for i in (0, 3, 4):
+        out = run_case(models, CASES[i], 0, compiled)
+        assert torch.equal(out.tokens, references[i, 0].tokens)
+    decoder = fast.FastARDecoder(
+        models["causal"], options=dict(fast.stages_for("cpu", fast.AR_STAGES))["compile"]
+    )
+    prompt = torch.tensor([[1]])
+    expected = sampling.sample_ar(
+        models["causal"], prompt=prompt, n_tokens=L - 1, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(
+        decoder(prompt=prompt, n_tokens=L - 1, generator=torch.Generator().manual_seed(0)), expected
+    )
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="bf16 and CUDA-graph stages exist only on a CUDA GPU (on a CPU they are refused)",
+)
+def test_gpu_stages_on_cuda():
+    """On a GPU: float32 stages agree with the reference (kernels for other shapes may round
+    differently, so near-ties can flip: agreement, not equality); bf16 changes the numerics,
+    so its stages are checked for valid, complete text with the same tokens per step."""
+    model = make("block_causal").cuda()
+    settings = dict(length=L, steps_per_block=8, batch_size=4)
+    gen = lambda: torch.Generator(device="cuda").manual_seed(0)  # noqa: E731
+    ref = fast.reference_sample_diffusion(model, generator=gen(), **settings)
+    for name, options in fast.stages_for("cuda"):
+        if options.compile:
+            continue
+        out = fast.fast_sample_diffusion(model, generator=gen(), options=options, **settings)
+        assert (out.tokens < V).all() and out.tokens_per_step == ref.tokens_per_step, name
+        if not options.bf16:
+            assert (out.tokens == ref.tokens).double().mean() > 0.9, name
+    ar = make("causal").cuda()
+    prompt = torch.zeros(4, 1, dtype=torch.long, device="cuda")
+    expected = sampling.sample_ar(ar, prompt=prompt, n_tokens=L - 1, generator=gen())
+    for name, options in fast.stages_for("cuda", fast.AR_STAGES):
+        if options.compile:
+            continue
+        out = fast.fast_sample_ar(
+            ar, prompt=prompt, n_tokens=L - 1, generator=gen(), options=options
+        )
+        assert out.shape == expected.shape and (out < V).all(), name
