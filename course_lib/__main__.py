@@ -3,6 +3,7 @@
 train --preset NAME   train (or resume) a preset; checkpoints under data/runs/NAME/
 ship --preset NAME    copy a finished run to data/checkpoints/NAME.pt (16-bit, in the manifest)
 doctor                check that this machine is ready for the course
+bench --suite NAME    benchmark the samplers (quick, cpu, gpu); JSON in data/results/
 """
 
 from __future__ import annotations
@@ -79,6 +80,23 @@ def _doctor(args: argparse.Namespace) -> int:
     return doctor.main()
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from course_lib import bench
+
+    result = bench.run_suite(
+        args.suite,
+        device=args.device,
+        out=args.out,
+        threads=args.threads,
+        cpu_time=args.cpu_time,
+        compile=args.compile,
+        smoke=args.smoke,
+    )
+    errors = [row for row in result["rows"] if "error" in row]
+    print(f"{len(result['rows'])} rows ({len(errors)} errors) in {result['wall_s']:.0f} s")
+    return 1 if errors else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m course_lib",
@@ -100,6 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_ship)
     p = commands.add_parser("doctor", help="check that this machine is ready for the course")
     p.set_defaults(run=_doctor)
+    p = commands.add_parser("bench", help="benchmark the samplers; JSON in data/results/")
+    p.add_argument("--suite", default="quick", help="quick (seconds), cpu (minutes) or gpu")
+    p.add_argument("--out", help="the JSON file (default: data/results/bench-SUITE-DEVICE.json)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: automatic)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--cpu-time", action="store_true", help="time in CPU seconds, not wall")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add torch.compile rows (default: only in the gpu suite)",
+    )
+    p.add_argument("--smoke", action="store_true", help="gpu suite on tiny shapes, any device")
+    p.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
