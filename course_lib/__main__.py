@@ -81,9 +81,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from course_lib import bench
+    from course_lib import benchmarks
 
-    result = bench.run_suite(
+    result = benchmarks.run_suite(
         args.suite,
         device=args.device,
         out=args.out,
