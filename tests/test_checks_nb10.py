@@ -1,0 +1,95 @@
+"""Checks of notebook 10: right answers pass, stubs are "not attempted", typical mistakes get their hint."""
+
+import pytest
+
+from course_lib import checks
+
+
+def flops_and_bytes(n_params, n_tokens, bytes_per_weight):
+    return 2 * n_params * n_tokens, n_params * bytes_per_weight
+
+
+def attainable(intensity, peak_flops, bandwidth):
+    return min(peak_flops, intensity * bandwidth)
+
+
+def step_seconds(flops, n_bytes, peak_flops, bandwidth, overhead_s):
+    return max(flops / peak_flops, n_bytes / bandwidth) + overhead_s
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def test_right_answers_pass_and_stubs_are_not_attempted(capsys):
+    assert checks.check_weight_flops_and_bytes(flops_and_bytes) is True
+    assert checks.check_attainable_flops(attainable) is True
+    assert checks.check_predict_step_seconds(step_seconds) is True
+    assert "correct" in capsys.readouterr().out
+    assert not checks.check_weight_flops_and_bytes(stub)
+    assert not checks.check_attainable_flops(stub)
+    assert not checks.check_predict_step_seconds(stub)
+    assert capsys.readouterr().out.count("not attempted") == 3
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda n, t, s: (n * t, n * s), "factor 2 FLOPs per multiply-add"),
+        (lambda n, t, s: (2 * n, n * s), "grow with n_tokens"),
+        (lambda n, t, s: (2 * n * t, 2 * n * s), "bytes read \\+ written"),
+        (lambda n, t, s: (2 * n * t, n * s * t), "once per position"),
+        (lambda n, t, s: (2 * n * t, 8 * n * s), "bits"),
+        (lambda n, t, s: (2 * n * t, 4 * n), "assumed 4 bytes"),
+        (lambda n, t, s: 2 * t / s, "return a pair"),
+        (lambda n, t, s: (2 * n * t + 1e3, n * s), "expected"),
+    ],
+)
+def test_typical_flops_and_bytes_mistakes_get_their_hint(wrong, hint):
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_weight_flops_and_bytes(wrong)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda i, p, b: max(p, i * b), "min"),
+        (lambda i, p, b: i * b, "forgot the compute roof"),
+        (lambda i, p, b: p, "forgot the memory roof"),
+        (lambda i, p, b: min(p, i / b), "units"),
+        (lambda i, p, b: min(p, b / i), "units"),
+        (lambda i, p, b: min(p, i * b) * 1.1, "expected"),
+    ],
+)
+def test_typical_roofline_mistakes_get_their_hint(wrong, hint):
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_attainable_flops(wrong)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda f, n, p, b, o: f / p + n / b + o, "added compute and memory"),
+        (lambda f, n, p, b, o: max(f / p, n / b), "forgot the overhead"),
+        (lambda f, n, p, b, o: max(f / p, n / b, o), "GPU model"),
+        (lambda f, n, p, b, o: min(f / p, n / b) + o, "use max"),
+        (lambda f, n, p, b, o: max(f * p, n * b) + o, "work / rate"),
+        (lambda f, n, p, b, o: f / p + o, "only one of the two roofs"),
+        (lambda f, n, p, b, o: max(f / p, n / b) + 2 * o, "expected"),
+    ],
+)
+def test_typical_step_time_mistakes_get_their_hint(wrong, hint):
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_predict_step_seconds(wrong)
+
+
+def test_the_checked_formulas_match_the_library():
+    # the exercise's answers are the library's model in its simplest form
+    from course_lib import roofline
+    from course_lib.model import ModelConfig
+
+    config = ModelConfig()
+    cost = roofline.forward_cost(config, batch_size=1, new_tokens=64)
+    flops, n_bytes = flops_and_bytes(cost.weight_bytes // 4, 64, 4)
+    assert n_bytes == cost.weight_bytes
+    assert 0.8 < flops / cost.flops <= 1.0  # the rest is attention
