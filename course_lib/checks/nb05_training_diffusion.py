@@ -1,0 +1,316 @@
+"""Checks for notebook 05 (training a masked-diffusion model): the loss and the times.
+
+- `check_diffusion_loss(diffusion_loss)`: diffusion_loss(denoiser, x0, x_t, t, schedule,
+  mask_id) -> the masked-diffusion loss of one batch for given times and masks, compared with
+  `diffusion.masked_diffusion_loss` drawing the same times and masks.
+- `check_low_discrepancy_times(sample_times)`: sample_times(batch_size, generator, time_eps)
+  -> one time per sequence, exactly one in each of batch_size equal strata of [time_eps, 1],
+  each uniform on its own (`diffusion.sample_times`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import diffusion
+from course_lib.checks._core import CheckFailed, run_check
+
+SOLUTIONS = "The solutions are in notebooks/solutions/05_training_diffusion_solutions.ipynb."
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+
+
+# -- exercise 1: the loss of one batch -------------------------------------------------------
+
+_VOCAB, _LENGTH, _BATCH = 5, 12, 8  # tokens 0..4, mask id 5
+
+
+class _StandIn(torch.nn.Module):
+    """A small deterministic denoiser: logits from each id, its position and its neighbours.
+
+    Bidirectional like the course's diffusion models (a position's logits depend on the ids
+    on both sides), float64, with parameters so that a loss can be checked for a gradient.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        V, L = _VOCAB, _LENGTH
+
+        def table(*shape):
+            return torch.nn.Parameter(2 * torch.randn(*shape, generator=generator).double())
+
+        self.own, self.left, self.right = table(V + 1, V), table(V + 1, V), table(V + 1, V)
+        self.position = table(L, V)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        left = torch.roll(ids, 1, dims=1)
+        right = torch.roll(ids, -1, dims=1)
+        return self.own[ids] + self.left[left] + self.right[right] + self.position  # (B, L, V)
+
+
+def _draw(schedule: diffusion.Schedule, seed: int) -> tuple[torch.Tensor, ...]:
+    """x0, and the t and x_t that `masked_diffusion_loss(..., time_eps=0)` draws with `seed`."""
+    x0 = torch.randint(0, _VOCAB, (_BATCH, _LENGTH), generator=torch.Generator().manual_seed(99))
+    generator = torch.Generator().manual_seed(seed)
+    t = diffusion.sample_times(_BATCH, time_eps=0.0, generator=generator)  # (B,)
+    x_t = diffusion.corrupt(x0, t, schedule, mask_id=_VOCAB, generator=generator)  # (B, L)
+    return x0, t, x_t
+
+
+def _variants(denoiser, x0, x_t, t, schedule) -> dict[str, float]:
+    """The loss with each typical mistake, in nats per token (or as the mistake's unit)."""
+    L = x0.shape[1]
+    masked = x_t == _VOCAB
+    with torch.no_grad():
+        log_probs = F.log_softmax(denoiser(x_t), dim=-1)
+        nll = -log_probs.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
+        nll_on_x0 = -F.log_softmax(denoiser(x0), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+    weight = schedule.weight(t)  # (B,)
+    masked_sum = (nll * masked).sum(1)  # (B,)
+    right = (weight * masked_sum / L).mean().item()
+    n_masked = masked.sum(1).clamp(min=1)
+    alpha, alpha_prime = schedule.alpha(t), schedule.alpha_prime(t)
+    return {
+        "right": right,
+        "one_over_t": (masked_sum / t / L).mean().item(),
+        "all_positions": (weight * nll.sum(1) / L).mean().item(),
+        "masked_mean_per_sequence": (weight * masked_sum / n_masked).mean().item(),
+        "masked_mean_batch": (weight * masked_sum).sum().item() / masked.sum().item(),
+        "no_weight_per_token": (masked_sum / L).mean().item(),
+        "no_weight_masked_mean": masked_sum.sum().item() / masked.sum().item(),
+        "sigma_rate": (-alpha_prime / alpha * masked_sum / L).mean().item(),
+        "denoiser_on_x0": (weight * (nll_on_x0 * masked).sum(1) / L).mean().item(),
+        "bits": right / math.log(2),
+        "negative": -right,
+        "batch_sum": right * x0.shape[0],
+        "position_sum": right * L,
+    }
+
+
+_LOSS_HINTS = [
+    (
+        "one_over_t",
+        "you weighted by 1/t. That is -alpha'(t) / (1 - alpha(t)) only for the log-linear "
+        "schedule alpha(t) = 1 - t; for the cosine schedule 1/t is too small (about half the "
+        "right weight at small t). Use schedule.weight(t), or -schedule.alpha_prime(t) / "
+        "(1 - schedule.alpha(t))",
+    ),
+    (
+        "all_positions",
+        "you also counted unmasked positions. An unmasked token is known (carry-over): it "
+        "costs nothing, so only positions where x_t == mask_id are scored",
+    ),
+    (
+        "masked_mean_per_sequence",
+        "you averaged over masked tokens only; average over ALL L tokens of each sequence "
+        "(divide the sum over masked positions by L). The weight w(t) already accounts for how "
+        "many tokens are masked at time t",
+    ),
+    (
+        "masked_mean_batch",
+        "you averaged over masked tokens only; average over ALL tokens (divide each sequence's "
+        "sum over masked positions by L, then average over the batch). The weight w(t) already "
+        "accounts for how many tokens are masked at time t",
+    ),
+    (
+        "no_weight_per_token",
+        "you left out the weight: multiply each sequence's sum by w(t_b) = -alpha'(t_b) / "
+        "(1 - alpha(t_b)) (schedule.weight(t))",
+    ),
+    (
+        "no_weight_masked_mean",
+        "that is the plain cross-entropy of the masked tokens (a common training heuristic), "
+        "not the ELBO: weight each sequence by w(t_b) = -alpha'(t_b) / (1 - alpha(t_b)) and "
+        "divide by L, not by the number of masked tokens",
+    ),
+    (
+        "sigma_rate",
+        "you divided by alpha(t): -alpha'(t) / alpha(t) is the rate of the noise level "
+        "sigma(t) = -log alpha(t), not the ELBO weight. Divide by 1 - alpha(t), the "
+        "probability of being masked",
+    ),
+    (
+        "denoiser_on_x0",
+        "you ran the denoiser on the clean x0; it must read the corrupted x_t (what it learns "
+        "to undo), and it is scored against x0",
+    ),
+    (
+        "bits",
+        "your loss is in bits; the library's (and this exercise's) unit is nats: drop the / ln 2",
+    ),
+    (
+        "negative",
+        "your loss is negative: use MINUS the log-probability of the right token "
+        "(and a positive weight, -alpha'(t) / (1 - alpha(t)) > 0)",
+    ),
+    (
+        "batch_sum",
+        "you summed over the batch: average the per-sequence losses (.mean()) so that the "
+        "loss does not grow with the batch size",
+    ),
+    (
+        "position_sum",
+        "you summed over positions without dividing by L: the loss is per token, divide each "
+        "sequence's sum by L",
+    ),
+]
+
+
+def _test_diffusion_loss(diffusion_loss: Callable) -> str:
+    denoiser = _StandIn()
+    values = []
+    for name in ("loglinear", "cosine"):
+        schedule = diffusion.get_schedule(name)
+        x0, t, x_t = _draw(schedule, seed=3)
+        expected = diffusion.masked_diffusion_loss(
+            denoiser,
+            x0,
+            schedule,
+            mask_id=_VOCAB,
+            generator=torch.Generator().manual_seed(3),
+            time_eps=0.0,
+        )  # the library draws the same t and x_t from the same seed
+        call = f"diffusion_loss(...) with the {name} schedule"
+        try:
+            got = diffusion_loss(denoiser, x0.clone(), x_t.clone(), t.clone(), schedule, _VOCAB)
+        except NotImplementedError:
+            raise
+        except (IndexError, RuntimeError) as err:
+            raise CheckFailed(
+                f"{call} raised {type(err).__name__}: {err}. The targets are the clean tokens "
+                "x0 (x_t holds the mask id, which has no logit, exactly where you score); t has "
+                "shape (B,), one time per sequence: give it shape (B, 1) where it meets (B, L) "
+                "tensors."
+            ) from err
+        if not isinstance(got, torch.Tensor):
+            raise CheckFailed(
+                f"{call} returned {type(got).__name__}; return a 0-d tensor (no .item()): "
+                "training calls .backward() on it"
+            )
+        if got.numel() != 1:
+            raise CheckFailed(
+                f"{call} returned a tensor of shape {tuple(got.shape)}; return one number, the "
+                "mean over the batch"
+            )
+        if not got.requires_grad:
+            raise CheckFailed(
+                f"{call} is not connected to the denoiser's parameters (no gradient): don't use "
+                ".item(), .detach() or torch.no_grad() inside the loss"
+            )
+        value = got.item()
+        if _close(value, expected.item()):
+            values.append(f"{value:.4f} ({name})")
+            continue
+        variants = _variants(denoiser, x0, x_t, t, schedule)
+        for key, hint in _LOSS_HINTS:
+            if _close(value, variants[key]) and not _close(variants[key], variants["right"]):
+                raise CheckFailed(
+                    f"{call}: expected {expected.item():.4f}, got {value:.4f}: {hint}."
+                )
+        raise CheckFailed(
+            f"{call}: expected {expected.item():.4f} nats per token, got {value:.4f}. For each "
+            "sequence b: w(t_b) = -alpha'(t_b) / (1 - alpha(t_b)), times the sum over masked "
+            "positions i of -log p(x0[b, i] | x_t[b]) (log_softmax of denoiser(x_t) over the "
+            "last dimension), divided by L; then the mean over b."
+        )
+    return (
+        "Your loss equals diffusion.masked_diffusion_loss on the check's batches: "
+        + ", ".join(values)
+        + " nats per token."
+    )
+
+
+def check_diffusion_loss(diffusion_loss: Callable) -> bool:
+    """Check diffusion_loss(denoiser, x0, x_t, t, schedule, mask_id) -> scalar nats per token."""
+    return run_check("diffusion_loss", SOLUTIONS, lambda: _test_diffusion_loss(diffusion_loss))
+
+
+# -- exercise 2: low-discrepancy times -------------------------------------------------------
+
+
+def _call_times(sample_times: Callable, batch_size: int, seed: int, time_eps: float):
+    call = f"sample_times({batch_size}, generator, time_eps={time_eps})"
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        t = sample_times(batch_size, generator=generator, time_eps=time_eps)
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        raise CheckFailed(f"{call} raised {type(err).__name__}: {err}") from err
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise CheckFailed(f"{call} should return a floating-point tensor, got {t!r:.60}")
+    if t.shape != (batch_size,):
+        raise CheckFailed(
+            f"{call} has shape {tuple(t.shape)}; return one time per sequence, shape "
+            f"({batch_size},)"
+        )
+    return t.double(), call
+
+
+def _test_low_discrepancy_times(sample_times: Callable) -> str:
+    a, call = _call_times(sample_times, 8, 123, 1e-3)
+    b, _ = _call_times(sample_times, 8, 123, 1e-3)
+    c, _ = _call_times(sample_times, 8, 124, 1e-3)
+    if not torch.equal(a, b):
+        raise CheckFailed(
+            f"two calls of {call} with generators seeded alike gave different times: draw u "
+            "from the generator argument, torch.rand(1, generator=generator)"
+        )
+    if torch.equal(a, c):
+        raise CheckFailed(f"{call} gave the same times for different seeds: u must be random")
+    for batch_size, time_eps in ((8, 0.1), (16, 1e-3), (1, 0.1), (5, 0.0)):
+        width = (1 - time_eps) / batch_size  # the strata: [time_eps + k * width, ... + width)
+        first_stratum = 0
+        for seed in range(40):
+            t, call = _call_times(sample_times, batch_size, seed, time_eps)
+            if (t < time_eps - 1e-12).any():
+                raise CheckFailed(
+                    f"{call} returned {t.min().item():.4f} < time_eps: map a uniform u in [0, 1) "
+                    "to [time_eps, 1] with time_eps + (1 - time_eps) * u"
+                )
+            if (t > 1 + 1e-12).any():
+                raise CheckFailed(
+                    f"{call} returned {t.max().item():.4f} > 1: take (u + b / B) mod 1 (% 1.0) "
+                    "before scaling to [time_eps, 1]"
+                )
+            strata = ((t - time_eps) / width).floor().clamp(0, batch_size - 1).long()
+            if torch.bincount(strata, minlength=batch_size).max() > 1:
+                raise CheckFailed(
+                    f"{call} put two times in the same stratum (the strata are the {batch_size} "
+                    f"equal parts of [time_eps, 1]): independent uniforms do that. Draw ONE "
+                    "uniform u for the batch and use (u + b / B) mod 1 for b = 0..B-1"
+                )
+            gaps = torch.diff(torch.sort(t).values)
+            if not torch.allclose(gaps, torch.full_like(gaps, width), atol=1e-6):
+                raise CheckFailed(
+                    f"{call} puts one time in each stratum but not equally spaced: this check "
+                    "expects the course's sampler, one uniform u for the whole batch and "
+                    "t_b = time_eps + (1 - time_eps) * ((u + b / B) mod 1)"
+                )
+            first_stratum += int(strata[0] == 0)
+        # t_0 on its own must be uniform: in the first stratum 1/B of the time, not always
+        if batch_size > 1 and first_stratum > 40 * (0.5 + 0.5 / batch_size):
+            raise CheckFailed(
+                f"with batch_size={batch_size}, t[0] fell in the lowest stratum in "
+                f"{first_stratum} of 40 calls: your times come out in increasing order, so "
+                "t[0] is always small. Use (u + b / B) mod 1 so that every t_b is uniform on "
+                "[time_eps, 1] by itself (sequence 0 must not always get the least noise)."
+            )
+    return (
+        "Every batch has exactly one time in each of its B equal strata of [time_eps, 1], and "
+        "each t_b on its own is uniform: an unbiased estimate with less variance."
+    )
+
+
+def check_low_discrepancy_times(sample_times: Callable) -> bool:
+    """Check sample_times(batch_size, generator, time_eps) -> stratified times (B,)."""
+    return run_check(
+        "low_discrepancy_times", SOLUTIONS, lambda: _test_low_discrepancy_times(sample_times)
+    )
