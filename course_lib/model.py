@@ -211,6 +211,8 @@ class Transformer(nn.Module):
         *,
         cache: KVCache | None = None,
         update_cache: bool = True,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, L, vocab_size) for ids `idx` (B, L).
 
@@ -218,12 +220,20 @@ class Transformer(nn.Module):
         ones; they attend to the cache and to each other under the model's mask. The cache
         then keeps them (`update_cache=True`) or forgets them (False: e.g. a block that is
         still being denoised).
+
+        Without a cache, two hooks let a training loss lay out its own sequence: `positions`
+        (L,) gives each id's position (default 0..L-1; repeats allowed) and `attn_mask` (L, L)
+        bool, True = may attend, replaces the pattern of `config.attention`. Block diffusion
+        uses them to score a noisy copy and a clean copy of a sequence side by side
+        (`diffusion.block_nelbo_per_sequence`).
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, length), got shape {tuple(idx.shape)}")
         B, L = idx.shape
         start = 0
         if cache is not None:
+            if positions is not None or attn_mask is not None:
+                raise ValueError("positions and attn_mask are for a forward without a cache")
             if self.config.attention == "bidirectional":
                 raise ValueError(
                     "a bidirectional model has no exact KV cache: every position's keys change "
@@ -232,15 +242,30 @@ class Transformer(nn.Module):
             if cache.batch_size != B:
                 raise ValueError(f"cache is for batch {cache.batch_size}, idx has batch {B}")
             start = cache.length
-        if start + L > self.config.context_len:
+        key_positions = positions  # without a cache, queries and keys are the same ids
+        if positions is None:
+            if start + L > self.config.context_len:
+                raise ValueError(
+                    f"sequence of {start + L} positions is longer than the model's context "
+                    f"({self.config.context_len}); shorten the prompt or the generation"
+                )
+            positions = torch.arange(start, start + L, device=idx.device)
+            key_positions = torch.arange(start + L, device=idx.device)
+        elif (
+            positions.shape != (L,)
+            or positions.min() < 0
+            or positions.max() >= self.config.context_len
+        ):
             raise ValueError(
-                f"sequence of {start + L} positions is longer than the model's context "
-                f"({self.config.context_len}); shorten the prompt or the generation"
+                f"positions must be ({L},) with values in [0, {self.config.context_len})"
             )
-        positions = torch.arange(start, start + L, device=idx.device)
         x = self.drop(self.token_emb(idx) + self.pos_emb(positions))  # (B, L, d_model)
-        key_positions = torch.arange(start + L, device=idx.device)
-        mask = attention_mask(self.config, positions, key_positions)  # (L, start + L) or None
+        if attn_mask is not None:
+            if attn_mask.shape != (L, L) or attn_mask.dtype != torch.bool:
+                raise ValueError(f"attn_mask must be a bool tensor of shape ({L}, {L})")
+            mask = attn_mask
+        else:
+            mask = attention_mask(self.config, positions, key_positions)  # (L, start + L)
         for layer, block in enumerate(self.blocks):
             x = block(x, mask, cache, layer, start)
         if cache is not None and update_cache:

@@ -56,6 +56,24 @@ def test_bd3lm_loss_equals_one_forward_per_block_with_a_clean_prefix():
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_bd3lm_attention_mask_by_hand():
+    """Length 4 in blocks of 2: rows are queries (noisy 0-3, then clean 0-3), columns keys."""
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 1, 1],
+            [0, 0, 0, 0, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(diffusion.bd3lm_attention_mask(4, 2), expected)
+
+
 def test_bd3lm_with_one_block_is_the_mdlm_loss():
     model, x0 = make(dtype=torch.float64, block_len=L), clean(seed=1)
     for seed in range(3):

@@ -5,7 +5,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from course_lib.model import ModelConfig, Transformer, forward_flops
+from course_lib.model import ModelConfig, Transformer, attention_mask, forward_flops
 
 V = 98
 L = 32  # context
@@ -181,6 +181,46 @@ def test_sequences_longer_than_the_context_are_refused():
     with pytest.raises(ValueError, match="longer than the model's context"):
         model(ids(1, 3), cache=cache)
     assert cache.length == L - 2
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional", "block_causal"])
+def test_positions_and_attn_mask_hooks_default_to_the_config(attention):
+    """Passing the default positions and the config's own mask changes nothing."""
+    model, x = make(attention), ids()
+    positions = torch.arange(L)
+    mask = attention_mask(model.config, positions, positions)
+    mask = torch.ones(L, L, dtype=torch.bool) if mask is None else mask
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(x, positions=positions, attn_mask=mask), model(x), rtol=0, atol=1e-6
+        )
+        torch.testing.assert_close(model(x, positions=positions), model(x), rtol=0, atol=0)
+
+
+def test_two_copies_side_by_side_with_a_block_diagonal_mask_are_two_forwards():
+    """Repeated positions and a custom mask: two sequences packed into one row."""
+    model, x, y = make("bidirectional"), ids(1, 12, seed=0), ids(1, 12, seed=1)
+    block = torch.arange(24) // 12
+    with torch.no_grad():
+        packed = model(
+            torch.cat([x, y], 1),
+            positions=torch.arange(12).repeat(2),
+            attn_mask=block[:, None] == block[None, :],
+        )
+        torch.testing.assert_close(packed[:, :12], model(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(packed[:, 12:], model(y), rtol=0, atol=1e-5)
+
+
+def test_bad_positions_and_masks_are_refused():
+    model, x = make("causal"), ids(1, 8)
+    with pytest.raises(ValueError, match="positions must be"):
+        model(x, positions=torch.arange(7))
+    with pytest.raises(ValueError, match="positions must be"):
+        model(x, positions=torch.arange(8) + L)
+    with pytest.raises(ValueError, match="attn_mask must be"):
+        model(x, attn_mask=torch.ones(8, 8))
+    with pytest.raises(ValueError, match="without a cache"):
+        model(x, cache=model.new_cache(1), positions=torch.arange(8))
 
 
 def test_idx_must_be_two_dimensional():
