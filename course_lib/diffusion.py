@@ -375,6 +375,9 @@ def elbo(
     the right yardstick for comparing with a source's entropy. (Stratified times make it
     slightly conservative.) This is an upper bound on the model's NLL, hence on the entropy of
     the data in expectation; notebook 05 compares it with the AR model's bits.
+
+    A block-causal model (notebook 08) is scored with its own bound, BD3-LM's
+    `block_nelbo_per_sequence`; every other denoiser with MDLM's `nelbo_per_sequence`.
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
@@ -384,12 +387,15 @@ def elbo(
     _check_clean(x0, mask_id)
     if x0.shape[0] < 2:
         raise ValueError("elbo needs at least 2 sequences to estimate a standard error")
+    config = getattr(denoiser, "config", None)
+    block = getattr(config, "attention", None) == "block_causal"
+    per_sequence_bound = block_nelbo_per_sequence if block else nelbo_per_sequence
     total = torch.zeros(x0.shape[0], dtype=torch.float64)
     with eval_mode(denoiser):
         for _ in range(n_samples):
             for start in range(0, x0.shape[0], batch_size):
                 chunk = x0[start : start + batch_size]
-                estimate = nelbo_per_sequence(
+                estimate = per_sequence_bound(
                     denoiser,
                     chunk,
                     schedule,

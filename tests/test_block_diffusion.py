@@ -1,5 +1,7 @@
 """Block diffusion (notebook 08): BD3-LM's loss, the block sampler and its caches."""
 
+import math
+
 import pytest
 import torch
 
@@ -377,3 +379,19 @@ def test_a_causal_model_is_sent_to_sample_ar():
     with pytest.raises(ValueError, match="sample_ar"):
         sample_block_diffusion(make("causal"), length=L, block_len=BLOCK, steps_per_block=2)
     assert sampling.APPROXIMATE_CACHES == ("prefix",)
+
+
+def test_elbo_of_a_block_causal_model_uses_the_block_bound():
+    model, x0 = make(dtype=torch.float64), clean(batch=4, seed=2)
+    bits, se = diffusion.elbo(
+        model, x0, "loglinear", n_samples=2, generator=torch.Generator().manual_seed(5)
+    )
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        draws = [
+            diffusion.block_nelbo_per_sequence(model, x0, "loglinear", generator=generator)
+            for _ in range(2)
+        ]
+    per_sequence = torch.stack(draws).mean(0) / math.log(2)
+    assert bits == pytest.approx(per_sequence.mean().item(), rel=1e-12)
+    assert se == pytest.approx(per_sequence.std().item() / math.sqrt(4), rel=1e-9)
