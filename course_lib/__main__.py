@@ -4,12 +4,14 @@ train --preset NAME   train (or resume) a preset; checkpoints under data/runs/NA
 ship --preset NAME    copy a finished run to data/checkpoints/NAME.pt (16-bit, in the manifest)
 doctor                check that this machine is ready for the course
 bench --suite NAME    benchmark the samplers (quick, cpu, gpu); JSON in data/results/
+evaluate              held-out bits per character of the shipped checkpoints; JSON in data/results/
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -97,6 +99,69 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+QUICK_WINDOWS = 16  # the slice every evaluation also records, which the tests reproduce
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    import torch
+
+    from course_lib import checkpoints, data, env, metrics
+
+    folder = env.DATA_DIR / "checkpoints"
+    manifest = checkpoints.read_manifest(folder)
+    names = args.checkpoint or sorted(name.removesuffix(".pt") for name in manifest)
+    if not names:
+        raise FileNotFoundError(f"no checkpoints listed in {folder / checkpoints.MANIFEST_NAME}")
+    out = env.DATA_DIR / "results" / "checkpoint-metrics.json" if args.out is None else args.out
+    out = Path(out)
+    corpus = data.load_corpus("pystdlib")
+    val_ids = data.encode_corpus(corpus)["val"]
+    slices = [args.max_windows] if args.max_windows else [None, QUICK_WINDOWS]
+    results = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    rows = results["rows"]
+    device = env.get_device(args.device) if args.device else torch.device("cpu")
+    for name in names:
+        path = folder / f"{name}.pt"
+        model = checkpoints.load_checkpoint(path, device=device)
+        entry = manifest.get(path.name, {})
+        for max_windows in slices:
+            score = metrics.held_out_bits(model, val_ids, max_windows=max_windows)
+            row = {
+                "checkpoint": path.name,
+                "sha256": entry.get("sha256"),
+                "preset": entry.get("preset"),
+                "training_tokens": entry.get("training_tokens"),
+                "max_windows": max_windows,
+                **score._asdict(),
+                "corpus": f"pystdlib validation split ({corpus.fingerprint})",
+                "device": str(device),
+                "torch": torch.__version__,
+                "evaluated": datetime.date.today().isoformat(),
+            }
+            rows[:] = [
+                r for r in rows if (r["checkpoint"], r["max_windows"]) != (path.name, max_windows)
+            ]
+            rows.append(row)
+            where = "all windows" if max_windows is None else f"first {max_windows} windows"
+            print(
+                f"{path.name:<16}{where:<18}{score.bits_per_char:.4f} +- "
+                f"{score.standard_error:.4f} bits per char  ({score.method})"
+            )
+    rows.sort(key=lambda r: (r["checkpoint"], r["max_windows"] or 0))
+    results["description"] = (
+        "Held-out bits per character of the shipped checkpoints, written by `python -m "
+        "course_lib evaluate` (course_lib.metrics.held_out_bits): AR models exact, diffusion "
+        "models their ELBO (an upper bound), all on the same windows, float32."
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m course_lib",
@@ -132,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--smoke", action="store_true", help="gpu suite on tiny shapes, any device")
     p.set_defaults(run=_bench)
+    p = commands.add_parser("evaluate", help="held-out bits per character of the checkpoints")
+    p.add_argument("--checkpoint", action="append", help="e.g. ar-small (default: all shipped)")
+    p.add_argument("--max-windows", type=int, help="only the first N windows (default: all)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cpu)")
+    p.add_argument("--out", help="JSON file (default: data/results/checkpoint-metrics.json)")
+    p.set_defaults(run=_evaluate)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

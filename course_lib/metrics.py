@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from course_lib import data
+from course_lib import data, diffusion
 
 # -- scoring text with a causal model --------------------------------------------------------
 
@@ -117,7 +117,7 @@ def _as_id_tensor(ids, vocab_size: int, what: str) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _sum_bits(
+def _window_bits(
     model,
     sequences: torch.Tensor,
     plan: list[Window],
@@ -125,8 +125,8 @@ def _sum_bits(
     batch_size: int,
     device: torch.device,
     autocast: torch.dtype | None,
-) -> float:
-    """Total -log2 p of the ids each window of `plan` scores, over all rows of `sequences`."""
+) -> torch.Tensor:
+    """-log2 p of the ids each window of `plan` scores, per row and window: (B * W,) float64."""
     span = plan[0].end - plan[0].start  # every window of a plan has the same length
     windows = torch.stack([sequences[:, w.start : w.end] for w in plan], dim=1)  # (B, W, span)
     windows = windows.reshape(-1, span)  # (B * W, span)
@@ -137,7 +137,7 @@ def _sum_bits(
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
-    total = 0.0
+    bits = torch.zeros(windows.shape[0], dtype=torch.float64)
     try:
         for i in range(0, windows.shape[0], batch_size):
             batch = windows[i : i + batch_size].to(device)
@@ -146,11 +146,12 @@ def _sum_bits(
             log_probs = F.log_softmax(logits.float(), dim=-1)
             target_log_probs = log_probs.gather(-1, batch[:, 1:, None]).squeeze(-1)
             mask = scored[i : i + batch_size].to(device)
-            total -= target_log_probs.double().masked_fill(~mask, 0.0).sum().item()
+            nats = -target_log_probs.double().masked_fill(~mask, 0.0).sum(-1)  # (b,)
+            bits[i : i + batch_size] = nats.cpu() / math.log(2)
     finally:
         if was_training:
             model.train()
-    return total / math.log(2)
+    return bits
 
 
 def bits_per_char(
@@ -200,7 +201,7 @@ def bits_per_char(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     plan = window_plan(len(ids), window, stride)
-    total_bits = _sum_bits(
+    bits = _window_bits(
         model,
         ids[None],
         plan,
@@ -208,7 +209,7 @@ def bits_per_char(
         device=_model_device(model, device),
         autocast=autocast,
     )
-    return total_bits / (len(ids) - 1)
+    return bits.sum().item() / (len(ids) - 1)
 
 
 def generative_perplexity(
@@ -265,16 +266,103 @@ def generative_perplexity(
     total_bits, n_scored = 0.0, 0
     for length, group in by_length.items():
         plan = window_plan(length, window, stride, first_scored=first_scored)
-        total_bits += _sum_bits(
-            scorer_model,
-            torch.stack(group),
-            plan,
-            batch_size=batch_size,
-            device=device,
-            autocast=autocast,
+        total_bits += (
+            _window_bits(
+                scorer_model,
+                torch.stack(group),
+                plan,
+                batch_size=batch_size,
+                device=device,
+                autocast=autocast,
+            )
+            .sum()
+            .item()
         )
         n_scored += len(group) * (length - first_scored)
     return 2.0 ** (total_bits / n_scored)
+
+
+# -- held-out bits of any course model (python -m course_lib evaluate) -------------------------
+
+
+class HeldOutBits(NamedTuple):
+    """A model's bits per character on held-out windows, with the standard error of the mean."""
+
+    bits_per_char: float
+    standard_error: float
+    n_windows: int
+    n_chars: int
+    method: str
+
+
+def held_out_bits(
+    model,
+    ids: torch.Tensor,
+    *,
+    window: int | None = None,
+    max_windows: int | None = None,
+    n_samples: int = 2,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> HeldOutBits:
+    """Bits per character of any course model on the same disjoint windows of held-out `ids`.
+
+    `ids` (1-D) is cut into consecutive windows of `window` ids (default: the model's context;
+    the last partial window is dropped), at most `max_windows` of them (default: all). A
+    causal model's number is its exact -log2 p(x_t | x_<t), each window read from its start
+    (its first id predicted from the previous window's last one, as in `bits_per_char` with
+    `stride=window`). A masked-diffusion or block-diffusion model's number is the upper bound
+    `diffusion.elbo` with `n_samples` draws of times and masks from a generator seeded with
+    `seed`, on the same windows. The bound lies above the diffusion model's true -log2 p, so
+    a comparison on these numbers can only favour the AR model.
+
+    The standard error is that of the mean over windows (for the ELBO it includes the Monte
+    Carlo noise). Runs in float32 where the model's weights are; deterministic for a seed.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("held_out_bits needs a course Transformer (it reads model.config)")
+    ids = _as_id_tensor(ids, config.vocab_size, "ids")
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be one sequence (1-D), got shape {tuple(ids.shape)}")
+    window = config.context_len if window is None else window
+    if not isinstance(window, int) or not 2 <= window <= config.context_len:
+        raise ValueError(f"window must be in [2, {config.context_len}], got {window!r}")
+    n_windows = len(ids) // window
+    if max_windows is not None:
+        if not isinstance(max_windows, int) or max_windows < 2:
+            raise ValueError(f"max_windows must be an int >= 2 (or None), got {max_windows!r}")
+        n_windows = min(n_windows, max_windows)
+    if n_windows < 2:
+        raise ValueError(
+            f"{len(ids)} ids make {n_windows} window(s) of {window}: at least 2 are needed for "
+            "a standard error"
+        )
+    ids = ids[: n_windows * window]
+    device = _model_device(model, None)
+    if config.attention == "causal":
+        plan = window_plan(len(ids), window, stride=window)  # one Window per window of ids
+        bits = _window_bits(
+            model, ids[None], plan, batch_size=batch_size, device=device, autocast=None
+        )
+        counts = torch.tensor([w.end - w.first_scored for w in plan], dtype=torch.float64)
+        per_window = bits / counts
+        mean = bits.sum().item() / counts.sum().item()
+        standard_error = per_window.std().item() / math.sqrt(len(plan))
+        method = f"-log2 p, causal, windows of {window}"
+    else:
+        generator = torch.Generator(device).manual_seed(seed)
+        mean, standard_error = diffusion.elbo(
+            model,
+            ids.view(n_windows, window).to(device),
+            "loglinear",
+            n_samples=n_samples,
+            generator=generator,
+            batch_size=batch_size,
+        )
+        bound = "BD3-LM" if config.attention == "block_causal" else "MDLM"
+        method = f"ELBO ({bound}), {n_samples} samples, seed {seed}, windows of {window}"
+    return HeldOutBits(mean, standard_error, n_windows, len(ids), method)
 
 
 # -- diversity -------------------------------------------------------------------------------

@@ -88,3 +88,37 @@ def test_presets_are_valid_and_overridable():
         assert preset.out_dir.name == preset.name
     with pytest.raises(ValueError, match=r"\['stpes'\] are not TrainConfig fields"):
         presets.get_preset("ar-tiny", stpes=1)
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+
+def test_evaluate_reproduces_the_recorded_checkpoint_metrics(tmp_path, capsys):
+    """data/results/checkpoint-metrics.json's quick rows, recomputed within their stated SE."""
+    import json
+
+    from course_lib import env
+    from course_lib.__main__ import QUICK_WINDOWS
+
+    recorded = json.loads((env.DATA_DIR / "results" / "checkpoint-metrics.json").read_text())
+    manifest = checkpoints.read_manifest(env.DATA_DIR / "checkpoints")
+    quick = {r["checkpoint"]: r for r in recorded["rows"] if r["max_windows"] == QUICK_WINDOWS}
+    full = {r["checkpoint"] for r in recorded["rows"] if r["max_windows"] is None}
+    assert set(quick) == set(manifest) == full, "run `python -m course_lib evaluate` again"
+    out = tmp_path / "metrics.json"
+    for name, row in quick.items():
+        assert row["sha256"] == manifest[name]["sha256"], (
+            f"{name} changed since its metrics were recorded: run `python -m course_lib evaluate`"
+        )
+        argv = ["evaluate", "--checkpoint", name.removesuffix(".pt"), "--out", str(out)]
+        assert main([*argv, "--max-windows", str(QUICK_WINDOWS)]) == 0
+        (new,) = [r for r in json.loads(out.read_text())["rows"] if r["checkpoint"] == name]
+        assert new["n_chars"] == row["n_chars"] and new["method"] == row["method"]
+        assert abs(new["bits_per_char"] - row["bits_per_char"]) <= row["standard_error"]
+    assert "bits per char" in capsys.readouterr().out
+
+
+def test_evaluate_an_unknown_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", "gpt-9", "--out", str(tmp_path / "m.json")]) == 2
+    assert "gpt-9" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()

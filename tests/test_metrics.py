@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import data, metrics
+from course_lib import data, diffusion, metrics
 from course_lib.model import ModelConfig, Transformer
 
 V = 10  # vocabulary of the stand-in models
@@ -409,3 +409,56 @@ def test_python_validity_rejects_bad_input(texts, kwargs, message):
 
 def test_whole_sample_unit():
     assert metrics.python_validity(["x = 1\ny = 2\n", "x = (\n"], unit="sample") == 0.5
+
+
+# -- held_out_bits --------------------------------------------------------------------------
+
+
+def test_held_out_bits_of_a_causal_model_is_bits_per_char_on_disjoint_windows():
+    model = successor_model(0.9)
+    ids = counting(16 * 7 + 5)  # seven windows of 16 and a partial one, dropped
+    score = metrics.held_out_bits(model, ids)
+    assert (score.n_windows, score.n_chars) == (7, 112)
+    # every prediction is a successor: -log2 0.9 bits each (float32 logits)
+    assert score.bits_per_char == pytest.approx(-math.log2(0.9), rel=1e-6)
+    assert score.bits_per_char == pytest.approx(
+        metrics.bits_per_char(model, ids[:112], stride=16), rel=1e-12
+    )
+    assert score.standard_error < 1e-7  # every window costs the same
+    assert "causal" in score.method
+    assert metrics.held_out_bits(model, ids, max_windows=3).n_chars == 48
+
+
+def test_held_out_bits_of_a_diffusion_model_is_its_elbo_on_the_same_windows():
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(
+            vocab_size=V, context_len=8, n_layer=1, n_head=1, d_model=8, attention="bidirectional"
+        )
+    )
+    ids = torch.randint(0, V, (8 * 5,), generator=torch.Generator().manual_seed(1))
+    score = metrics.held_out_bits(model, ids, n_samples=3, seed=4)
+    bits, se = diffusion.elbo(
+        model,
+        ids.view(5, 8),
+        "loglinear",
+        n_samples=3,
+        generator=torch.Generator().manual_seed(4),
+    )
+    assert (score.bits_per_char, score.standard_error) == (bits, se)
+    assert score.method.startswith("ELBO (MDLM), 3 samples, seed 4")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(window=1), "window must be"),
+        (dict(window=17), "window must be"),
+        (dict(max_windows=1), "max_windows"),
+    ],
+)
+def test_held_out_bits_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.held_out_bits(uniform_model(), counting(64), **kwargs)
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.held_out_bits(uniform_model(), counting(20))
