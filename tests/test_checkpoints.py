@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import zipfile
 
 import pytest
 import torch
@@ -194,6 +195,37 @@ def test_load_weights_converts_to_the_models_dtype(tmp_path):
     checkpoints.load_weights(target, checkpoints.read_checkpoint(path))
     assert target.head.weight.dtype == torch.float64
     assert torch.equal(target.head.weight, model.head.weight.to(torch.bfloat16).double())
+
+
+def _retag_storages(path, device: str) -> None:
+    """Rewrite a torch.save file so every tensor says it was saved on `device` (e.g. cuda:0).
+
+    Each storage's location is a pickled string ('cpu') inside archive/data.pkl; a file saved
+    from a GPU holds 'cuda:0' there and nothing else differs. Loading such a file without
+    map_location on a machine without CUDA fails, which is what this lets a CPU test check.
+    """
+    old, new = b"X\x03\x00\x00\x00cpu", b"X" + len(device).to_bytes(4, "little") + device.encode()
+    with zipfile.ZipFile(path) as zin:
+        entries = [(info, zin.read(info)) for info in zin.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+        for info, content in entries:
+            if info.filename.endswith("/data.pkl"):
+                assert old in content
+                content = content.replace(old, new)
+            zout.writestr(info, content)
+
+
+def test_a_checkpoint_saved_on_cuda_loads_on_a_cpu_only_machine(tmp_path):
+    model = make()
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", model)
+    _retag_storages(path, "cuda:0")
+    checkpoints.update_manifest(path)  # the file changed: record its new sha256
+    if not torch.cuda.is_available():  # the file really does claim CUDA tensors
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    loaded = checkpoints.load_checkpoint(path)
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    assert torch.equal(loaded.head.weight, model.head.weight)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to save from one")
