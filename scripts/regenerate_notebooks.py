@@ -1,0 +1,82 @@
+"""Re-run the course notebooks and save their outputs in place (for maintainers).
+
+The notebooks are committed with the outputs of a default-mode run, so they read well on
+GitHub. After changing a notebook or the library, regenerate them:
+
+    python scripts/regenerate_notebooks.py                 # every notebook, then the solutions
+    python scripts/regenerate_notebooks.py 08 09           # only notebooks whose name starts so
+    python scripts/regenerate_notebooks.py --fast 06       # fast mode: a smoke run, not for commits
+
+Each notebook runs in a fresh kernel from the notebooks/ folder (as JupyterLab runs it) with
+COURSE_FAST removed from the environment (or set to 1 with --fast). Default mode uses the
+shipped checkpoints and the training runs under data/runs/ (a finished run is reused, an
+unfinished one resumes), so a full regeneration takes about as long as a learner's first
+pass. Run it on a quiet machine: the notebooks print timings. Then read the diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def find_notebooks(prefixes: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
+    """The course notebooks, then their solutions, whose names start with one of `prefixes`."""
+    paths = sorted(folder.glob("[0-9][0-9]_*.ipynb")) + sorted(
+        (folder / "solutions").glob("[0-9][0-9]_*.ipynb")
+    )
+    if prefixes:
+        paths = [p for p in paths if any(p.name.startswith(x) for x in prefixes)]
+    if not paths:
+        raise SystemExit(f"no notebook in {folder} starts with any of {prefixes}")
+    return paths
+
+
+def run_notebook(path: Path, *, fast: bool, timeout: int) -> float:
+    """Execute `path` in a fresh kernel and save it with its outputs; return the seconds taken."""
+    notebook = nbformat.read(path, as_version=4)
+    saved = os.environ.get("COURSE_FAST")
+    os.environ.pop("COURSE_FAST", None)  # the kernel inherits this process's environment
+    if fast:
+        os.environ["COURSE_FAST"] = "1"
+    start = time.perf_counter()
+    try:
+        NotebookClient(
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+            record_timing=False,
+        ).execute()
+    finally:
+        os.environ.pop("COURSE_FAST", None)
+        if saved is not None:
+            os.environ["COURSE_FAST"] = saved
+    nbformat.write(notebook, path)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("prefixes", nargs="*", help="e.g. 03 or 08_block (default: all)")
+    parser.add_argument("--fast", action="store_true", help="fast mode (not for committing)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    args = parser.parse_args(argv)
+    for path in find_notebooks(args.prefixes):
+        print(f"{path.relative_to(ROOT)} ...", end=" ", flush=True)
+        seconds = run_notebook(path, fast=args.fast, timeout=args.timeout)
+        print(f"{seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
