@@ -550,6 +550,14 @@ def _step_fields(suite, model, kind, batch, options, ceilings, ar_step_s) -> dic
 # -- the suites ------------------------------------------------------------------------------
 
 
+def _stages(device: torch.device, stages: list, compile: bool) -> list:
+    """The stages that run on `device`, without torch.compile unless `compile`."""
+    from course_lib import fast
+
+    runnable = fast.stages_for(device, stages)
+    return runnable if compile else _without_compile(runnable)
+
+
 def _without_compile(stages: list) -> list:
     return [(name, options) for name, options in stages if not options.compile]
 
@@ -559,8 +567,7 @@ def _quick(suite: Suite, *, compile: bool, smoke: bool) -> None:
     from course_lib import fast
 
     device, tiny = suite.device, SHAPES["tiny"]
-    stages = fast.stages_for(device)
-    stages = stages if compile else _without_compile(stages)
+    stages = _stages(device, fast.DIFFUSION_STAGES, compile)
     block = _random_model(tiny, "block_causal", device, block_len=8)
     diffusion_rows(
         suite, block, section="block diffusion", length=32, steps_per_block=8, stages=stages
@@ -576,14 +583,7 @@ def _quick(suite: Suite, *, compile: bool, smoke: bool) -> None:
         stages=[_final_stage(stages)],
     )
     ar = _random_model(tiny, "causal", device)
-    ar_stages = fast.stages_for(device, fast.AR_STAGES)
-    ar_rows(
-        suite,
-        ar,
-        section="AR",
-        n_tokens=31,
-        stages=ar_stages if compile else _without_compile(ar_stages),
-    )
+    ar_rows(suite, ar, section="AR", n_tokens=31, stages=_stages(device, fast.AR_STAGES, compile))
     suite.note("random-init models: these rows measure speed only")
 
 
@@ -592,8 +592,7 @@ def _cpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
     from course_lib import fast
 
     device = suite.device
-    stages = fast.stages_for(device)
-    stages = stages if compile else _without_compile(stages)
+    stages = _stages(device, fast.DIFFUSION_STAGES, compile)
     final = [_final_stage(stages)]
     block = _random_model(SHAPES["small"], "block_causal", device)
     diffusion_rows(
@@ -626,13 +625,12 @@ def _cpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
         stages=final,
     )
     ar = _random_model(SHAPES["small"], "causal", device)
-    ar_stages = fast.stages_for(device, fast.AR_STAGES)
     ar_rows(
         suite,
         ar,
         section="stages: AR, ar-small shape",
         n_tokens=127,
-        stages=ar_stages if compile else _without_compile(ar_stages),
+        stages=_stages(device, fast.AR_STAGES, compile),
     )
     batch_rows(suite, block, ar, batches=(4, 16))
     quality_rows(suite, batch_size=8)

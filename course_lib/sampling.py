@@ -316,30 +316,58 @@ def sample_diffusion(
     n_generated = int((x == mask_id).sum())
     alphas = schedule.alpha(schedule.time_grid(steps)).tolist()  # steps + 1 values, 0 -> 1
     with diffusion.eval_mode(denoiser):
-        if strategy.startswith("ancestral"):
-            x, nfe, steps_taken = _ancestral(
-                denoiser,
-                x,
-                alphas,
-                mask_id,
-                temperature,
-                generator,
-                cached=strategy == "ancestral_cached",
-                trajectory=trajectory,
-            )
-        else:
-            x, nfe, steps_taken = _confident(
-                denoiser,
-                x,
-                alphas,
-                mask_id,
-                temperature,
-                generator,
-                kind=confidence or "low_confidence",
-                threshold=threshold,
-                trajectory=trajectory,
-            )
+        x, nfe, steps_taken = _denoise(
+            denoiser,
+            x,
+            alphas,
+            mask_id,
+            temperature,
+            generator,
+            strategy=strategy,
+            confidence=confidence or "low_confidence",
+            threshold=threshold,
+            trajectory=trajectory,
+        )
     return DiffusionSample(x, nfe, steps_taken, n_generated, trajectory)
+
+
+def _denoise(
+    denoiser,
+    x,
+    alphas,
+    mask_id,
+    temperature,
+    generator,
+    *,
+    strategy,
+    confidence,
+    threshold,
+    trajectory,
+):
+    """Unmask x (B, L) with `strategy` over the schedule's `alphas`: (x, nfe, steps taken)."""
+    if strategy.startswith("ancestral"):
+        cached = strategy == "ancestral_cached"
+        return _ancestral(
+            denoiser,
+            x,
+            alphas,
+            mask_id,
+            temperature,
+            generator,
+            cached=cached,
+            trajectory=trajectory,
+        )
+    return _confident(
+        denoiser,
+        x,
+        alphas,
+        mask_id,
+        temperature,
+        generator,
+        kind=confidence,
+        threshold=threshold,
+        trajectory=trajectory,
+    )
 
 
 def _ancestral(denoiser, x, alphas, mask_id, temperature, generator, *, cached, trajectory):
@@ -727,29 +755,18 @@ def _decode_blocks(
             n_generated += int((block == mask_id).sum())
             view = _BlockView(model, x, start, stop_at, mode, cache, mask_id, errors)
             block_trajectory = [] if record else None
-            if strategy.startswith("ancestral"):
-                block, _, steps = _ancestral(
-                    view,
-                    block,
-                    alphas,
-                    mask_id,
-                    temperature,
-                    generator,
-                    cached=strategy == "ancestral_cached",
-                    trajectory=block_trajectory,
-                )
-            else:
-                block, _, steps = _confident(
-                    view,
-                    block,
-                    alphas,
-                    mask_id,
-                    temperature,
-                    generator,
-                    kind=confidence,
-                    threshold=threshold,
-                    trajectory=block_trajectory,
-                )
+            block, _, steps = _denoise(
+                view,
+                block,
+                alphas,
+                mask_id,
+                temperature,
+                generator,
+                strategy=strategy,
+                confidence=confidence,
+                threshold=threshold,
+                trajectory=block_trajectory,
+            )
             x[:, start:stop_at] = block
             steps_taken += steps
             nfe += view.calls
