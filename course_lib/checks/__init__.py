@@ -18,5 +18,7 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     _module = importlib.import_module(f"{__name__}.{_info.name}")
     for _name in dir(_module):
         if _name.startswith("check_"):
+            if globals().get(_name, getattr(_module, _name)) is not getattr(_module, _name):
+                raise ImportError(f"two checks are called {_name}: rename the one in {_module}")
             globals()[_name] = getattr(_module, _name)
             __all__.append(_name)
