@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -87,7 +88,21 @@ class Ceilings:
     overhead: Overhead  # a forward without a KV cache
     cached_overhead: Overhead  # a forward that appends to a KV cache
     overhead_overlaps: bool = False  # GPUs: the host queues kernels while the device runs
+    # FLOP/s of matmuls with few rows (a decode step's batch, a block's positions) through
+    # the weight stacks of the matrix-vector bandwidths: dtype -> {rows: FLOP/s}. Empty: the
+    # large-matmul peak is assumed for every row count (datasheet ceilings).
+    rows_flops: dict[str, dict[int, float]] = field(default_factory=dict)  # weights in memory
+    rows_cache_flops: dict[str, dict[int, float]] = field(default_factory=dict)  # in the cache
     protocol: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # JSON keys are strings: make the row counts ints again
+        for name in ("rows_flops", "rows_cache_flops"):
+            table = getattr(self, name)
+            setattr(
+                self,
+                name,
+                {k: {int(r): float(v) for r, v in rows.items()} for k, rows in table.items()},
+            )
 
     def compute_peak(self, dtype: torch.dtype | str) -> float:
         """Matmul FLOP/s for `dtype` ("tf32" too, where measured)."""
@@ -98,6 +113,35 @@ class Ceilings:
                 f"{sorted(self.matmul_flops)}); predict with one of those dtypes"
             )
         return self.matmul_flops[name]
+
+    def matmul_rate(
+        self, dtype: torch.dtype | str, rows: int, *, weights_in_cache: bool = False
+    ) -> float:
+        """FLOP/s of a matmul that pushes `rows` rows through the weights (rows >= 1).
+
+        Interpolated (log-log) between the measured row counts, and from the largest of them
+        up to the large-matmul peak at `protocol["matmul_n"]` rows; the peak where nothing
+        was measured. A 1-row matmul runs at a fraction of the peak (it waits on memory), and
+        the rate climbs with the rows until the arithmetic units are busy.
+        """
+        peak = self.compute_peak(dtype)
+        name = "tf32" if dtype == "tf32" else dtype_name(dtype)
+        table = (self.rows_cache_flops if weights_in_cache else self.rows_flops).get(name)
+        if not table:
+            return peak
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        points = sorted(table.items())
+        n_peak = int(self.protocol.get("matmul_n", 0))
+        if n_peak > points[-1][0]:
+            points.append((n_peak, max(peak, points[-1][1])))
+        if rows <= points[0][0]:
+            return points[0][1]
+        for (r0, f0), (r1, f1) in itertools.pairwise(points):
+            if rows <= r1:
+                w = math.log(rows / r0) / math.log(r1 / r0)
+                return math.exp((1 - w) * math.log(f0) + w * math.log(f1))
+        return points[-1][1]
 
     def ridge_point(self, dtype: torch.dtype | str = "float32") -> float:
         """FLOP/byte above which a kernel is compute-bound (main-memory roof)."""
@@ -177,32 +221,57 @@ def _copy_bandwidth(n_bytes: int, device: torch.device, plan: dict) -> float:
     return 2 * src.numel() * 4 / _time(lambda: dst.copy_(src), device, plan)
 
 
-def _matvec_bandwidth(
-    total_bytes: int, matrix_bytes: int, name: str, device: torch.device, plan: dict
-) -> float:
-    """Weight bytes per second read by 1-row matmuls: the access pattern of an AR decode step.
-
-    One row x (1, d) goes through MLP-shaped weight pairs, (4d, d) then (d, 4d), each matrix
-    about `matrix_bytes`, `total_bytes` in all.
-    """
+def _weight_stack(
+    total_bytes: int, matrix_bytes: int, name: str, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """MLP-shaped weight pairs, (4d, d) then (d, 4d), each about `matrix_bytes`, in all
+    about `total_bytes`: what the matmuls of a forward read."""
     dtype = _storage_dtype(name)
     size = BYTES_PER_ELEMENT[dtype_name(dtype)]
     d = max(64, int(math.sqrt(matrix_bytes / (4 * size))) // 64 * 64)
     pairs = max(1, round(total_bytes / (8 * d * d * size)))
-    weights = [
+    return [
         (
             torch.full((4 * d, d), 0.01, device=device, dtype=dtype),
             torch.full((d, 4 * d), 0.01, device=device, dtype=dtype),
         )
         for _ in range(pairs)
     ]
-    x = torch.full((1, d), 0.5, device=device, dtype=dtype)  # (1, d)
 
-    def decode_like() -> None:
+
+def _stack_seconds(
+    weights: list[tuple[torch.Tensor, torch.Tensor]], rows: int, device, plan: dict
+) -> float:
+    """Median seconds to push `rows` rows through every pair of `weights`."""
+    up = weights[0][0]
+    x = torch.full((rows, up.shape[1]), 0.5, device=device, dtype=up.dtype)  # (rows, d)
+
+    def forward_like() -> None:
         for up, down in weights:
-            F.linear(F.linear(x, up), down)  # (1, 4d) then (1, d)
+            F.linear(F.linear(x, up), down)  # (rows, 4d) then (rows, d)
 
-    return pairs * 8 * d * d * size / _time(decode_like, device, plan)
+    return _time(forward_like, device, plan)
+
+
+def _matvec_and_rows(
+    total_bytes: int,
+    matrix_bytes: int,
+    name: str,
+    device: torch.device,
+    plan: dict,
+    rows: Sequence[int],
+) -> tuple[float, dict[int, float]]:
+    """Matrix-vector bandwidth (weight bytes/s of 1-row matmuls) and FLOP/s per row count.
+
+    One row through a stack of weights is the access pattern of an AR decode step at batch
+    1: every weight read once for 2 FLOPs. More rows reuse each weight read, and the rate
+    climbs towards the large-matmul peak.
+    """
+    weights = _weight_stack(total_bytes, matrix_bytes, name, device)
+    n_weights = sum(up.numel() + down.numel() for up, down in weights)
+    n_bytes = n_weights * weights[0][0].element_size()
+    seconds = {m: _stack_seconds(weights, m, device, plan) for m in sorted({1, *rows})}
+    return n_bytes / seconds[1], {m: 2 * m * n_weights / t for m, t in seconds.items()}
 
 
 def _tiny_forward_seconds(n_layer: int, device: torch.device, *, cached: bool, plan: dict) -> float:
@@ -233,6 +302,10 @@ def _tiny_forward_overhead(device: torch.device, *, cached: bool, plan: dict) ->
     return Overhead(call_s=max(0.0, t_shallow - shallow * per_layer), per_layer_s=per_layer)
 
 
+ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # row counts of the few-row matmul rates
+QUICK_ROWS = (1, 4, 16, 64, 256)
+
+
 def measure_ceilings(
     device: torch.device | str | None = None,
     *,
@@ -251,6 +324,8 @@ def measure_ceilings(
       cache, >= 4x the cache in all) and resident in the cache (4 pairs, half of it).
       An AR decode step is made of these; a CPU's BLAS often reads weights far slower than a
       copy moves them.
+    - few-row matmul FLOP/s: the same stacks with 1 to 256 rows (`ROWS`; `QUICK_ROWS` in
+      quick mode): a decode step at batch B pushes B rows, a block step B x block rows.
     - overhead: 1-token forwards of a d=8 model at 1 and 4 layers, with and without a KV cache.
 
     Quick mode takes a few seconds on 2 CPU cores; full mode under a minute. On a CPU shared
@@ -275,11 +350,14 @@ def measure_ceilings(
     matmul = {name: _matmul_flops(n, name, device, plan) for name in names}
     stored = [name for name in names if name != "tf32"]
     matrix = max(cache_bytes // 4, 64 * MiB if gpu else 0)  # big enough to hide launches
-    matvec = {name: _matvec_bandwidth(big, matrix, name, device, plan) for name in stored}
-    matvec_cache = {  # 4 pairs filling half the cache, as a model that fits in it
-        name: _matvec_bandwidth(cache_bytes // 2, cache_bytes // 16, name, device, plan)
-        for name in stored
-    }
+    rows = QUICK_ROWS if quick else ROWS
+    matvec, matvec_cache, rows_flops, rows_cache_flops = {}, {}, {}, {}
+    for name in stored:
+        matvec[name], rows_flops[name] = _matvec_and_rows(big, matrix, name, device, plan, rows)
+        # 4 pairs filling half the cache, as a model that fits in it
+        matvec_cache[name], rows_cache_flops[name] = _matvec_and_rows(
+            cache_bytes // 2, cache_bytes // 16, name, device, plan, rows
+        )
     memory = _copy_bandwidth(big, device, plan)
     cache = _copy_bandwidth(small, device, plan)
     overhead = _tiny_forward_overhead(device, cached=False, plan=plan)
@@ -297,6 +375,8 @@ def measure_ceilings(
         overhead=overhead,
         cached_overhead=cached_overhead,
         overhead_overlaps=gpu,
+        rows_flops=rows_flops,
+        rows_cache_flops=rows_cache_flops,
         protocol={
             **{k: v for k, v in plan.items() if k != "clock"},
             "clock": getattr(clock, "__name__", repr(clock)),
@@ -574,23 +654,34 @@ def plot_roofline(
 
 @dataclass(frozen=True)
 class StepTime:
-    """Predicted seconds of one forward and which term dominates."""
+    """Predicted seconds of one forward and what bounds it.
+
+    `compute_s` is the FLOPs at the matmul rate measured for the step's row count,
+    `peak_compute_s` the same FLOPs at the large-matmul peak. `bound` is the classic
+    roofline's verdict: "overhead" if the fixed cost dominates, else "compute" when the FLOPs
+    at the peak take longer than the bytes at the bandwidth, "memory" otherwise. (A few-row
+    matmul runs below the peak mostly because it waits on the weights it reads.)
+    """
 
     compute_s: float
     memory_s: float
     overhead_s: float
     total_s: float
+    peak_compute_s: float | None = None
 
     @property
     def bound(self) -> str:
-        terms = {"compute": self.compute_s, "memory": self.memory_s, "overhead": self.overhead_s}
-        return max(terms, key=terms.get)
+        if self.overhead_s >= max(self.compute_s, self.memory_s):
+            return "overhead"
+        peak = self.compute_s if self.peak_compute_s is None else self.peak_compute_s
+        return "compute" if peak >= self.memory_s else "memory"
 
 
 def predict_step_time(cost: StepCost, ceilings: Ceilings) -> StepTime:
     """Seconds of one forward: max(compute, memory) + overhead (max of all three on a GPU).
 
-    - compute: FLOPs / the dtype's matmul FLOP/s.
+    - compute: FLOPs / the dtype's matmul FLOP/s at the step's row count (batch x new
+      tokens; `Ceilings.matmul_rate`): a few rows run far below the large-matmul peak.
     - memory, a sum over what is read: weights at the matrix-vector bandwidth (the cache's
       if all weights fit in it, since they are re-read every step); the KV cache at the cache
       bandwidth if it fits beside the weights, else main memory's; activations at the cache
@@ -614,7 +705,8 @@ def predict_step_time(cost: StepCost, ceilings: Ceilings) -> StepTime:
         if cost.layer_activation_bytes <= fits
         else ceilings.memory_bandwidth
     )
-    compute = cost.flops / ceilings.compute_peak(cost.dtype)
+    rows = cost.batch_size * cost.new_tokens  # rows each weight matrix multiplies
+    compute = cost.flops / ceilings.matmul_rate(cost.dtype, rows, weights_in_cache=weights_fit)
     memory = (
         cost.weight_bytes / matvec[cost.dtype]
         + cost.kv_bytes / kv_bw
@@ -627,7 +719,13 @@ def predict_step_time(cost: StepCost, ceilings: Ceilings) -> StepTime:
         total = max(compute, memory, overhead)
     else:
         total = max(compute, memory) + overhead
-    return StepTime(compute_s=compute, memory_s=memory, overhead_s=overhead, total_s=total)
+    return StepTime(
+        compute_s=compute,
+        memory_s=memory,
+        overhead_s=overhead,
+        total_s=total,
+        peak_compute_s=cost.flops / ceilings.compute_peak(cost.dtype),
+    )
 
 
 @dataclass(frozen=True)

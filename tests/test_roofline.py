@@ -3,6 +3,7 @@ performance model's arithmetic, the plot, and a quick measurement of this machin
 
 import io
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -356,14 +357,47 @@ def test_roofline_plot_renders_headless_with_labelled_axes():
     assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_matmul_rate_interpolates_the_measured_rows_up_to_the_peak():
+    c = hand_ceilings(
+        rows_flops={"float32": {1: 1e8, 4: 4e8, 16: 8e8}},
+        rows_cache_flops={"float32": {"1": 5e8}},  # as read back from JSON: string keys
+        protocol={"matmul_n": 256},
+    )
+    assert c.matmul_rate("float32", 1) == 1e8
+    assert c.matmul_rate("float32", 4) == pytest.approx(4e8)
+    assert c.matmul_rate("float32", 2) == pytest.approx(2e8)  # log-log: geometric mean
+    assert c.matmul_rate("float32", 8) == pytest.approx(math.sqrt(4e8 * 8e8))
+    assert c.matmul_rate("float32", 64) == pytest.approx(math.sqrt(8e8 * 1e9))  # to the peak
+    assert c.matmul_rate("float32", 10_000) == 1e9
+    assert c.rows_cache_flops == {"float32": {1: 5e8}}
+    assert c.matmul_rate("float32", 1, weights_in_cache=True) == 5e8
+    assert hand_ceilings().matmul_rate("float32", 3) == 1e9  # nothing measured: the peak
+    with pytest.raises(ValueError, match="rows"):
+        c.matmul_rate("float32", 0)
+
+
+def test_the_compute_term_uses_the_rate_at_the_steps_rows():
+    c = hand_ceilings(rows_flops={"float32": {1: 1e8, 16: 8e8}}, protocol={"matmul_n": 256})
+    # weights=1 byte: more than the cache (0 bytes), so the in-memory rates apply
+    one_row = roofline.predict_step_time(hand_cost(flops=10**8, weights=1), c)
+    assert one_row.compute_s == pytest.approx(1.0)  # 1e8 FLOPs at 1e8 FLOP/s
+    block = replace(hand_cost(flops=16 * 10**8, weights=1), new_tokens=16)
+    assert roofline.predict_step_time(block, c).compute_s == pytest.approx(2.0)
+    # slow for want of rows, but the verdict is the roofline's: FLOPs at the peak vs bytes
+    slow = roofline.predict_step_time(hand_cost(flops=10**8, weights=10**7), c)
+    assert slow.compute_s == pytest.approx(1.0) and slow.memory_s == pytest.approx(0.2)
+    assert slow.peak_compute_s == pytest.approx(0.1) and slow.bound == "memory"
+    assert slow.total_s == pytest.approx(1.0 + 0.012)
+
+
 def test_quick_ceilings_are_positive_and_sane(monkeypatch):
     synchronized = []
     real_synchronize = env.synchronize
     monkeypatch.setattr(env, "synchronize", lambda d: synchronized.append(d) or real_synchronize(d))
     c = roofline.measure_ceilings("cpu", quick=True)
-    # every timing (matmul, two matvecs per dtype, two copies, four tiny forwards)
-    # synchronises after its warm-up and after each of its repeats
-    timings = 3 * len(c.matmul_flops) + 2 + 4
+    # every timing (matmul, two weight stacks at each row count per dtype, two copies, four
+    # tiny forwards) synchronises after its warm-up and after each of its repeats
+    timings = (1 + 2 * len(roofline.QUICK_ROWS)) * len(c.matmul_flops) + 2 + 4
     assert len(synchronized) >= timings * (1 + c.protocol["repeats"])
     assert "float32" in c.matmul_flops
     assert ("bfloat16" in c.matmul_flops) == env.cpu_has_bf16_units()
@@ -376,3 +410,8 @@ def test_quick_ceilings_are_positive_and_sane(monkeypatch):
         assert overhead.call_s >= 0 and overhead.per_layer_s >= 0
         assert 0 < overhead.seconds(4) < 1.0
     assert c.protocol["quick"] is True and not c.overhead_overlaps
+    for table in (c.rows_flops, c.rows_cache_flops):
+        assert set(table) == set(c.matmul_flops)
+        for rates in table.values():
+            assert sorted(rates) == list(roofline.QUICK_ROWS)
+            assert rates[256] > rates[1]  # reusing each weight read for more rows pays
