@@ -129,5 +129,8 @@ def profile(fn: Callable[[], object], *, row_limit: int = 15, sort_by: str | Non
         fn()
         if cuda:
             torch.cuda.synchronize()
-    sort_by = sort_by or ("self_cuda_time_total" if cuda else "self_cpu_time_total")
-    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+    averages = prof.key_averages()
+    if sort_by is None and cuda:  # torch >= 2.4 says "device" where older releases said "cuda"
+        new_name = hasattr(averages[0], "self_device_time_total") if len(averages) else True
+        sort_by = "self_device_time_total" if new_name else "self_cuda_time_total"
+    return averages.table(sort_by=sort_by or "self_cpu_time_total", row_limit=row_limit)

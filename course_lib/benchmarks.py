@@ -234,6 +234,7 @@ def diffusion_rows(
     steps_per_block: int,
     strategy: str = "confidence",
     threshold: float | None = None,
+    confidence: str | None = None,
     batch_size: int = 1,
     stages: list | None = None,
     quality: Callable | None = None,
@@ -248,6 +249,8 @@ def diffusion_rows(
 
     config, device = model.config, suite.device
     settings = dict(length=length, batch_size=batch_size, strategy=strategy, threshold=threshold)
+    if confidence is not None:
+        settings["confidence"] = confidence
     base = {
         "section": section,
         "sampler": "block_diffusion" if config.attention == "block_causal" else "diffusion",
@@ -259,6 +262,7 @@ def diffusion_rows(
         "steps_per_block": steps_per_block,
         "strategy": strategy,
         "threshold": threshold,
+        "confidence": confidence,
         "device": str(device),
     }
 
@@ -275,6 +279,7 @@ def diffusion_rows(
             steps_per_block=steps_per_block,
             strategy=strategy,
             threshold=threshold,
+            confidence=confidence,
             generator=_generator(device),
         )
 
@@ -420,8 +425,13 @@ def quality_rows(suite: Suite, *, batch_size: int) -> None:
 
     stages = _exact_and_fastest(device, fast.DIFFUSION_STAGES)
     for name, settings in (
-        ("bd3lm-small", dict(steps_per_block=16)),
-        ("bd3lm-small", dict(steps_per_block=16, strategy="threshold", threshold=0.9)),
+        # margin confidence: the default (low_confidence) makes these small models write
+        # mostly spaces (notebook 07)
+        ("bd3lm-small", dict(steps_per_block=16, confidence="margin")),
+        (
+            "bd3lm-small",
+            dict(steps_per_block=16, strategy="threshold", threshold=0.9, confidence="margin"),
+        ),
         ("mdlm-small", dict(steps_per_block=128, strategy="ancestral")),
     ):
         model = _checkpoint(name, device)
