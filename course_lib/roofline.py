@@ -1110,6 +1110,53 @@ def measure_sampling(
     return SamplingMeasurement(sampler.describe(), len(costs), sampler.tokens, timing)
 
 
+def measure_fast_sampler(
+    model: Transformer,
+    sampler: Sampler,
+    *,
+    warmup: int = 1,
+    repeats: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> SamplingMeasurement:
+    """Time notebook 09's optimized samplers (not only their forwards) on `sampler`'s settings.
+
+    ARDecoding runs `fast.FastARDecoder` (stage "static_buffers": static KV cache, no
+    synchronisation); BlockDiffusionSampling runs `fast.FastDiffusionSampler` (stage
+    "kv_cache", the fastest token-exact stage on a CPU) with confidence decoding, one token
+    per step when `steps_per_block == block_len`. Sampling from the logits is included: this
+    is the check that the network is where the time goes.
+    """
+    from course_lib import fast  # notebook 09's samplers
+
+    device, _ = _model_device_dtype(model)
+    B = sampler.batch_size
+    generator = torch.Generator(device)
+    if isinstance(sampler, ARDecoding):
+        options = dict(fast.AR_STAGES)["static_buffers"]
+        decoder = fast.FastARDecoder(model, batch_size=B, options=options)
+        prompt = torch.zeros(B, sampler.prompt_len, dtype=torch.long, device=device)
+
+        def run() -> None:
+            decoder(prompt=prompt, n_tokens=sampler.n_tokens, generator=generator.manual_seed(0))
+
+    elif isinstance(sampler, BlockDiffusionSampling) and sampler.commit:
+        if model.config.block_len != sampler.block_len:
+            raise ValueError(f"the model's block_len is not {sampler.block_len}")
+        options = dict(fast.DIFFUSION_STAGES)["kv_cache"]
+        diffuser = fast.FastDiffusionSampler(
+            model, length=sampler.length, batch_size=B, options=options
+        )
+
+        def run() -> None:
+            diffuser(steps_per_block=sampler.steps_per_block, generator=generator.manual_seed(0))
+
+    else:
+        raise ValueError(f"no fast sampler for {sampler.describe()}")
+    timing = bench.time_fn(run, warmup=warmup, repeats=repeats, device=device, clock=clock)
+    n_calls = len(sampler.step_costs(model.config, _model_device_dtype(model)[1]))
+    return SamplingMeasurement(sampler.describe(), n_calls, sampler.tokens, timing)
+
+
 def compare_tokens_per_s(
     cases: Sequence[tuple[str, ModelConfig, Sampler, float]],
     ceilings: Ceilings,
@@ -1176,6 +1223,21 @@ def default_check_cases(quick: bool) -> list[tuple[str, ModelConfig, Sampler]]:
     return cases
 
 
+def fast_sampler_cases(quick: bool) -> list[tuple[str, ModelConfig, Sampler]]:
+    """The configurations `check_performance_model(fast_samplers=True)` measures: notebook
+    09's AR decoder at batch 1 and 8 and its block-diffusion sampler, three model sizes."""
+    n_tokens = 16 if quick else 64
+    sizes = [("small", SMALL)] if quick else [("small", SMALL), ("medium", MEDIUM), ("wide", WIDE)]
+    cases: list[tuple[str, ModelConfig, Sampler]] = []
+    for name, config in sizes:
+        for batch in (1, 8):
+            cases.append((name, config, ARDecoding(batch, n_tokens, prompt_len=16)))
+        block = replace(config, attention="block_causal", block_len=16)
+        length = 64 if quick else 256
+        cases.append((name, block, BlockDiffusionSampling(1, length, 16, 16)))
+    return cases
+
+
 def check_performance_model(
     device: torch.device | str | None = None,
     *,
@@ -1184,15 +1246,20 @@ def check_performance_model(
     ceilings: Ceilings | None = None,
     cases: Sequence[tuple[str, ModelConfig, Sampler]] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    fast_samplers: bool = False,
 ) -> list[dict]:
     """Measure tokens/s of each case on `device` and compare with the prediction.
 
-    Rerun it on a quiet machine: on a shared one the timings are noisy. Returns the rows of
-    `compare_tokens_per_s` (print them with `format_table`).
+    By default the forwards each sampler makes are timed (`measure_sampling`); with
+    `fast_samplers=True` notebook 09's real samplers are (`measure_fast_sampler`, cases
+    `fast_sampler_cases`). Rerun it on a quiet machine: on a shared one the timings are
+    noisy. Returns the rows of `compare_tokens_per_s` (print them with `format_table`).
     """
     device = env.get_device(None if device is None else str(device))
     ceilings = ceilings or measure_ceilings(device, quick=quick, clock=clock)
-    cases = default_check_cases(quick) if cases is None else cases
+    if cases is None:
+        cases = fast_sampler_cases(quick) if fast_samplers else default_check_cases(quick)
+    measure = measure_fast_sampler if fast_samplers else measure_sampling
     repeats = 2 if quick else 3
     models: dict[tuple, Transformer] = {}
     measured = []
@@ -1201,7 +1268,7 @@ def check_performance_model(
         if key not in models:
             env.seed_everything(0)
             models[key] = Transformer(config).to(device=device, dtype=dtype)
-        result = measure_sampling(models[key], sampler, warmup=1, repeats=repeats, clock=clock)
+        result = measure(models[key], sampler, warmup=1, repeats=repeats, clock=clock)
         measured.append((label, config, sampler, result.tokens_per_s))
     return compare_tokens_per_s(measured, ceilings, dtype=dtype)
 
@@ -1240,14 +1307,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     clock = time.process_time if args.cpu_clock else time.perf_counter
     ceilings = measure_ceilings(args.device, quick=not args.full, clock=clock)
     print(describe_ceilings(ceilings))
-    rows = check_performance_model(
-        args.device,
-        quick=not args.full,
-        dtype=getattr(torch, args.dtype),
-        ceilings=ceilings,
-        clock=clock,
-    )
-    print(format_table(rows))
+    for fast_samplers in (False, True):
+        print("the forwards of each sampler" if not fast_samplers else "notebook 09's samplers")
+        rows = check_performance_model(
+            args.device,
+            quick=not args.full,
+            dtype=getattr(torch, args.dtype),
+            ceilings=ceilings,
+            clock=clock,
+            fast_samplers=fast_samplers,
+        )
+        print(format_table(rows))
 
 
 if __name__ == "__main__":

@@ -317,6 +317,38 @@ def test_sampling_measurement_times_the_samplers_calls(events):
     assert events.count("fwd") == m.n_calls == 6
 
 
+def test_fast_sampler_measurement_runs_notebook_09s_samplers(events):
+    model = counted(tiny_model(), events)
+    m = roofline.measure_fast_sampler(
+        model, ARDecoding(2, n_tokens=3, prompt_len=2), warmup=1, repeats=2, clock=FakeClock(1.0)
+    )
+    assert events.count("sync") == 3  # after the warm-up and after each timed run
+    assert m.tokens_per_s == pytest.approx(2 * 3 / 1.0)
+
+    events.clear()
+    block_model = counted(tiny_model(attention="block_causal", block_len=4), events)
+    sampler = BlockDiffusionSampling(1, length=8, block_len=4, steps_per_block=4)
+    m = roofline.measure_fast_sampler(block_model, sampler, warmup=0, repeats=1, clock=FakeClock(1))
+    assert m.n_calls == 2 * (4 + 1)  # the modelled calls: 4 steps and a commit per block
+    assert 2 * 4 <= events.count("fwd") <= m.n_calls  # (the sampler skips the last commit)
+    with pytest.raises(ValueError, match="no fast sampler"):
+        roofline.measure_fast_sampler(model, DiffusionSampling(1, length=8, steps=2))
+
+
+def test_check_performance_model_of_the_fast_samplers():
+    config = TINY.__class__(**(TINY.to_dict() | {"attention": "block_causal", "block_len": 4}))
+    cases = [
+        ("tiny", TINY, ARDecoding(2, n_tokens=4, prompt_len=2)),
+        ("tiny", config, BlockDiffusionSampling(1, length=8, block_len=4, steps_per_block=4)),
+    ]
+    rows = roofline.check_performance_model(
+        "cpu", ceilings=hand_ceilings(), cases=cases, fast_samplers=True
+    )
+    assert [r["sampler"] for r in rows] == [sampler.describe() for _, _, sampler in cases]
+    assert all(r["measured_tokens_per_s"] > 0 for r in rows)
+    assert len(roofline.fast_sampler_cases(quick=False)) == 9
+
+
 def test_measurement_rejects_a_model_without_cache():
     with pytest.raises(ValueError, match="KV cache"):
         roofline.measure_ar_decode_step(
