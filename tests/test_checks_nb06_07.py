@@ -5,27 +5,11 @@ import math
 
 import pytest
 import torch
+from exercise_helpers import assert_correct, assert_not_attempted
 
 from course_lib import checks, sampling, synthetic
 from course_lib.checks import CheckFailed
 from course_lib.checks.nb07_evaluation import parallel_tv_reference
-
-
-def stub(*args):
-    """A stub as the notebooks ship it."""
-    raise NotImplementedError  # your code here
-
-
-def assert_correct(check, answer, capsys):
-    assert check(answer) is True
-    assert "correct" in capsys.readouterr().out
-
-
-def assert_not_attempted(check, capsys):
-    assert check(stub) is False
-    out = capsys.readouterr().out
-    assert "not attempted yet" in out and "solutions" in out
-
 
 # -- notebook 06, exercise 1: the unmasking probability -----------------------------------------
 

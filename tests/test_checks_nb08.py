@@ -3,6 +3,7 @@ typical mistake is refused with the hint a TA would give."""
 
 import pytest
 import torch
+from exercise_helpers import assert_correct, assert_not_attempted
 
 from course_lib import checks, diffusion, sampling
 from course_lib.checks import CheckFailed
@@ -11,23 +12,6 @@ from course_lib.checks.nb08_block_diffusion import (
     threshold_commit_reference,
 )
 from course_lib.model import ModelConfig, Transformer
-
-
-def stub(*args):
-    """A stub as the notebooks ship it."""
-    raise NotImplementedError  # your code here
-
-
-def assert_correct(check, answer, capsys):
-    assert check(answer) is True
-    assert "correct" in capsys.readouterr().out
-
-
-def assert_not_attempted(check, capsys):
-    assert check(stub) is False
-    out = capsys.readouterr().out
-    assert "not attempted yet" in out and "solutions" in out
-
 
 # -- exercise 1: the BD3-LM attention mask ------------------------------------------------------
 
