@@ -57,3 +57,28 @@ def expect_close(
     if not torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol):
         worst = (actual.double() - expected.double()).abs().max().item()
         raise CheckFailed(f"{what} is off by up to {worst:.3g}. {hint}".strip())
+
+
+def expect_inputs_unchanged(call: str, inputs, before) -> None:
+    """Raise CheckFailed if the learner's `call` modified any of its `inputs` in place."""
+    if not all(torch.equal(a, b) for a, b in zip(inputs, before, strict=True)):
+        raise CheckFailed(
+            f"{call} changed its inputs in place (e.g. conf.masked_fill_): the sampler still "
+            "needs them. Build new tensors (masked_fill, without the underscore)."
+        )
+
+
+def expect_commit_mask(call: str, got, masked: torch.Tensor, target: str) -> None:
+    """Raise CheckFailed unless `got` is a bool tensor shaped like `masked` (commit or not)."""
+    if not isinstance(got, torch.Tensor):
+        raise CheckFailed(f"{call} returned {type(got).__name__}; return a bool tensor.")
+    if got.shape != masked.shape:
+        raise CheckFailed(
+            f"{call} has shape {tuple(got.shape)}; expected one decision per position, "
+            f"{tuple(masked.shape)}."
+        )
+    if got.dtype != torch.bool:
+        raise CheckFailed(
+            f"{call} has dtype {got.dtype}; return a bool tensor (True = commit): the sampler "
+            f"uses it in torch.where(commit, proposal, {target})."
+        )

@@ -18,7 +18,12 @@ from collections.abc import Callable
 
 import torch
 
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import (
+    CheckFailed,
+    expect_commit_mask,
+    expect_inputs_unchanged,
+    run_check,
+)
 from course_lib.diffusion import bd3lm_attention_mask
 
 SOLUTIONS = (
@@ -445,26 +450,11 @@ def _commit_hint(fn, got, conf, masked, tau) -> str:
 
 
 def _run_commit(fn, conf, masked, tau) -> torch.Tensor:
-    conf_before, masked_before = conf.clone(), masked.clone()
+    before = conf.clone(), masked.clone()
     call = f"threshold_commit(conf, masked, tau={tau})"
     got = fn(conf, masked, tau)
-    if not torch.equal(conf, conf_before) or not torch.equal(masked, masked_before):
-        raise CheckFailed(
-            f"{call} changed its inputs in place (e.g. conf.masked_fill_): the sampler uses "
-            "conf and masked again after the rule. Build new tensors (masked_fill, without _)."
-        )
-    if not isinstance(got, torch.Tensor):
-        raise CheckFailed(f"{call} returned {type(got).__name__}; return a bool tensor.")
-    if got.shape != masked.shape:
-        raise CheckFailed(
-            f"{call} has shape {tuple(got.shape)}; expected one decision per position, "
-            f"{tuple(masked.shape)}."
-        )
-    if got.dtype != torch.bool:
-        raise CheckFailed(
-            f"{call} has dtype {got.dtype}; return a bool tensor (True = commit): the sampler "
-            "uses it in torch.where(commit, proposal, x)."
-        )
+    expect_inputs_unchanged(call, (conf, masked), before)
+    expect_commit_mask(call, got, masked, "x")
     return got
 
 

@@ -19,7 +19,12 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import (
+    CheckFailed,
+    expect_commit_mask,
+    expect_inputs_unchanged,
+    run_check,
+)
 from course_lib.checks.nb06_sampling import _as_number
 
 SOLUTIONS = "The solutions are in notebooks/solutions/09_fast_sampler_solutions.ipynb."
@@ -268,23 +273,8 @@ def _run_commit(fn, conf, masked, quota):
     before = conf.clone(), masked.clone(), quota.clone()
     call = "commit_most_confident(conf, masked, quota)"
     got, calls, reads = _watched(fn, conf, masked, quota)
-    if not all(torch.equal(a, b) for a, b in zip((conf, masked, quota), before, strict=True)):
-        raise CheckFailed(
-            f"{call} changed its inputs in place (e.g. conf.masked_fill_): the sampler still "
-            "needs them. Build new tensors (masked_fill, without the underscore)."
-        )
-    if not isinstance(got, torch.Tensor):
-        raise CheckFailed(f"{call} returned {type(got).__name__}; return a bool tensor.")
-    if got.shape != masked.shape:
-        raise CheckFailed(
-            f"{call} has shape {tuple(got.shape)}; expected one decision per position, "
-            f"{tuple(masked.shape)}."
-        )
-    if got.dtype != torch.bool:
-        raise CheckFailed(
-            f"{call} has dtype {got.dtype}; return a bool tensor (True = commit): the sampler "
-            "uses it in torch.where(commit, proposal, block)."
-        )
+    expect_inputs_unchanged(call, (conf, masked, quota), before)
+    expect_commit_mask(call, got, masked, "block")
     return got, calls, reads
 
 
