@@ -861,6 +861,7 @@ class SamplingPrediction:
     compute_s: float
     memory_s: float
     overhead_s: float
+    peak_compute_s: float | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -868,8 +869,10 @@ class SamplingPrediction:
 
     @property
     def bound(self) -> str:
-        terms = {"compute": self.compute_s, "memory": self.memory_s, "overhead": self.overhead_s}
-        return max(terms, key=terms.get)
+        """The verdict of `StepTime.bound` for the run's summed terms."""
+        return StepTime(
+            self.compute_s, self.memory_s, self.overhead_s, self.seconds, self.peak_compute_s
+        ).bound
 
 
 def predict_sampling(
@@ -893,6 +896,7 @@ def predict_sampling(
         compute_s=sum(t.compute_s for t in times),
         memory_s=sum(t.memory_s for t in times),
         overhead_s=sum(t.overhead_s for t in times),
+        peak_compute_s=sum(t.peak_compute_s for t in times),
     )
 
 
