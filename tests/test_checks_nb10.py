@@ -13,8 +13,8 @@ def attainable(intensity, peak_flops, bandwidth):
     return min(peak_flops, intensity * bandwidth)
 
 
-def step_seconds(flops, n_bytes, peak_flops, bandwidth, overhead_s):
-    return max(flops / peak_flops, n_bytes / bandwidth) + overhead_s
+def step_seconds(flops, n_bytes, flop_rate, bandwidth, overhead_s):
+    return max(flops / flop_rate, n_bytes / bandwidth) + overhead_s
 
 
 def stub(*args):
@@ -93,3 +93,39 @@ def test_the_checked_formulas_match_the_library():
     flops, n_bytes = flops_and_bytes(cost.weight_bytes // 4, 64, 4)
     assert n_bytes == cost.weight_bytes
     assert 0.8 < flops / cost.flops <= 1.0  # the rest is attention
+
+
+def test_the_checked_step_time_is_the_librarys_with_one_bandwidth():
+    # with every bandwidth equal, predict_step_time is the exercise's formula at the matmul
+    # rate of the step's rows: a few rows are charged their measured rate, not the peak
+    from course_lib import roofline
+    from course_lib.model import ModelConfig
+
+    bandwidth = 2e10
+    ceilings = roofline.Ceilings(
+        device="cpu",
+        matmul_flops={"float32": 1e11},
+        memory_bandwidth=bandwidth,
+        cache_bandwidth=bandwidth,
+        cache_bytes=0,  # nothing fits: the rates with the weights in main memory apply
+        matvec_bandwidth={"float32": bandwidth},
+        matvec_cache_bandwidth={"float32": bandwidth},
+        overhead=roofline.Overhead(call_s=1e-4, per_layer_s=1e-5),
+        cached_overhead=roofline.Overhead(call_s=2e-4, per_layer_s=2e-5),
+        rows_flops={"float32": {1: 1e10, 16: 4e10, 256: 8e10}},
+        protocol={"matmul_n": 2048},
+    )
+    config = ModelConfig()
+    costs = [roofline.ar_decode_step_cost(config, batch_size=b, context=64) for b in (1, 8, 32)]
+    costs += [
+        roofline.block_diffusion_step_cost(config, batch_size=1, block_len=16, context=64),
+        roofline.diffusion_step_cost(config, batch_size=1, length=256),
+    ]
+    for cost in costs:
+        rows = cost.batch_size * cost.new_tokens
+        rate = ceilings.matmul_rate(cost.dtype, rows)
+        assert rate < ceilings.compute_peak(cost.dtype)
+        overhead = ceilings.cached_overhead if cost.uses_cache else ceilings.overhead
+        want = roofline.predict_step_time(cost, ceilings).total_s
+        got = step_seconds(cost.flops, cost.bytes, rate, bandwidth, overhead.seconds(cost.n_layer))
+        assert got == pytest.approx(want, rel=1e-12)

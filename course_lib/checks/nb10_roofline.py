@@ -151,10 +151,10 @@ def check_attainable_flops(attainable_flops) -> bool:
 
 
 def check_predict_step_seconds(predict_step_seconds) -> bool:
-    """`predict_step_seconds(flops, n_bytes, peak_flops, bandwidth, overhead_s)` -> seconds of
-    one step on a CPU: max(compute, memory) + overhead."""
+    """`predict_step_seconds(flops, n_bytes, flop_rate, bandwidth, overhead_s)` -> seconds of
+    one step on a CPU: max(compute, memory) + overhead, compute at the step's matmul rate."""
 
-    peak, bandwidth, overhead = 100e9, 20e9, 1e-3
+    rate, bandwidth, overhead = 100e9, 20e9, 1e-3
     cases = [  # (flops, bytes): memory-bound, compute-bound, balanced
         (2e6, 4e6),
         (2e10, 4e7),
@@ -163,15 +163,19 @@ def check_predict_step_seconds(predict_step_seconds) -> bool:
 
     def test() -> str:
         got = [
-            _number(predict_step_seconds(f, n, peak, bandwidth, overhead), "the step time")
+            _number(predict_step_seconds(f, n, rate, bandwidth, overhead), "the step time")
             for f, n in cases
         ]
-        compute = [f / peak for f, _ in cases]
+        compute = [f / rate for f, _ in cases]
         memory = [n / bandwidth for _, n in cases]
         pairs = list(zip(compute, memory, strict=True))
         want = [max(c, m) + overhead for c, m in pairs]
         if _all_close(got, want):
-            return "That is `roofline.predict_step_time` with one bandwidth instead of several."
+            return (
+                "That is `roofline.predict_step_time` with one bandwidth and one matmul rate; "
+                "the library picks a bandwidth per kind of traffic and the rate at the step's "
+                "rows (`ceilings.matmul_rate`)."
+            )
         if _all_close(got, [c + m + overhead for c, m in pairs]):
             raise CheckFailed(
                 "you added compute and memory time: they overlap (the cores compute while the "
@@ -198,11 +202,11 @@ def check_predict_step_seconds(predict_step_seconds) -> bool:
         ):
             raise CheckFailed(
                 "you used only one of the two roofs: a step is compute-bound or memory-bound "
-                "depending on its shape, so take max(flops / peak_flops, n_bytes / bandwidth)"
+                "depending on its shape, so take max(flops / flop_rate, n_bytes / bandwidth)"
             )
         if _all_close(
-            got, [max(f * peak, n * bandwidth) + overhead for f, n in cases]
-        ) or _all_close(got, [max(peak / f, bandwidth / n) + overhead for f, n in cases]):
+            got, [max(f * rate, n * bandwidth) + overhead for f, n in cases]
+        ) or _all_close(got, [max(rate / f, bandwidth / n) + overhead for f, n in cases]):
             raise CheckFailed("time is work / rate: FLOPs / (FLOP/s) and bytes / (bytes/s)")
         index = next(k for k, (g, w) in enumerate(zip(got, want, strict=True)) if not _close(g, w))
         flops, n_bytes = cases[index]
