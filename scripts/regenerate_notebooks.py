@@ -11,12 +11,14 @@ Each notebook runs in a fresh kernel from the notebooks/ folder (as JupyterLab r
 COURSE_FAST removed from the environment (or set to 1 with --fast). Default mode uses the
 shipped checkpoints and the training runs under data/runs/ (a finished run is reused, an
 unfinished one resumes), so a full regeneration takes about as long as a learner's first
-pass. Run it on a quiet machine: the notebooks print timings. Then read the diff.
+pass. Run it on a quiet machine: the notebooks print timings. Then read the diff. Notebook
+10's roofline figure is also saved as docs/roofline.png, the README's picture.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import sys
 import time
@@ -27,6 +29,8 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+# the README's picture: the first figure of the cell of notebook 10 that draws the roofline
+README_PICTURE = ("10_roofline.ipynb", "roofline.plot_roofline(", ROOT / "docs" / "roofline.png")
 
 
 def find_notebooks(prefixes: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
@@ -65,6 +69,21 @@ def run_notebook(path: Path, *, fast: bool, timeout: int) -> float:
     return time.perf_counter() - start
 
 
+def save_figure(notebook_path: Path, marker: str, out: Path) -> bool:
+    """Save the first PNG output of the first code cell containing `marker`; False if none."""
+    notebook = nbformat.read(notebook_path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type != "code" or marker not in cell.source:
+            continue
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png")
+            if png:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(base64.b64decode(png))
+                return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("prefixes", nargs="*", help="e.g. 03 or 08_block (default: all)")
@@ -75,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.relative_to(ROOT)} ...", end=" ", flush=True)
         seconds = run_notebook(path, fast=args.fast, timeout=args.timeout)
         print(f"{seconds:.0f} s")
+        name, marker, picture = README_PICTURE
+        if path.name == name and not args.fast and save_figure(path, marker, picture):
+            print(f"  README picture: {picture.relative_to(ROOT)}")
     return 0
 
 

@@ -1,5 +1,6 @@
 """scripts/regenerate_notebooks.py: runs notebooks in the right mode and saves their outputs."""
 
+import base64
 import importlib.util
 import os
 
@@ -54,3 +55,28 @@ def test_finds_notebooks_then_solutions_by_prefix(script, tmp_path):
         "00_welcome.ipynb",
         "01_data_and_tokens.ipynb",
     ]
+
+
+def test_saves_the_readme_picture_from_its_cell(script, tmp_path):
+    png = b"\x89PNG\r\n\x1a\nfake"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("print(1)"),
+        nbformat.v4.new_code_cell(
+            "figure = roofline.plot_roofline(c)",
+            outputs=[
+                nbformat.v4.new_output(
+                    "display_data", data={"image/png": base64.b64encode(png).decode()}
+                )
+            ],
+        ),
+    ]
+    path = tmp_path / "10_roofline.ipynb"
+    nbformat.write(nb, path)
+    out = tmp_path / "docs" / "roofline.png"
+    assert script.save_figure(path, "roofline.plot_roofline(", out)
+    assert out.read_bytes() == png
+    assert not script.save_figure(path, "no such cell", tmp_path / "none.png")
+    name, marker, picture = script.README_PICTURE
+    assert script.save_figure(script.NOTEBOOKS / name, marker, tmp_path / "committed.png")
+    assert picture.exists(), "docs/roofline.png (the README's picture) is missing"
