@@ -322,8 +322,11 @@ def test_fast_sampler_measurement_runs_notebook_09s_samplers(events):
     m = roofline.measure_fast_sampler(
         model, ARDecoding(2, n_tokens=3, prompt_len=2), warmup=1, repeats=2, clock=FakeClock(1.0)
     )
-    assert events.count("sync") == 3  # after the warm-up and after each timed run
+    # the real run and the run with a free network: each synchronised after its warm-up and
+    # after each of its timed runs; the free run makes no forward at all
+    assert events.count("sync") == 2 * 3
     assert m.tokens_per_s == pytest.approx(2 * 3 / 1.0)
+    assert m.own_s == pytest.approx(1.0)
 
     events.clear()
     block_model = counted(tiny_model(attention="block_causal", block_len=4), events)
@@ -331,6 +334,7 @@ def test_fast_sampler_measurement_runs_notebook_09s_samplers(events):
     m = roofline.measure_fast_sampler(block_model, sampler, warmup=0, repeats=1, clock=FakeClock(1))
     assert m.n_calls == 2 * (4 + 1)  # the modelled calls: 4 steps and a commit per block
     assert 2 * 4 <= events.count("fwd") <= m.n_calls  # (the sampler skips the last commit)
+    assert events.count("sync") == 2 * 2  # the real run, then the free run: before and after
     with pytest.raises(ValueError, match="no fast sampler"):
         roofline.measure_fast_sampler(model, DiffusionSampling(1, length=8, steps=2))
 
@@ -345,7 +349,18 @@ def test_check_performance_model_of_the_fast_samplers():
         "cpu", ceilings=hand_ceilings(), cases=cases, fast_samplers=True
     )
     assert [r["sampler"] for r in rows] == [sampler.describe() for _, _, sampler in cases]
-    assert all(r["measured_tokens_per_s"] > 0 for r in rows)
+    assert all(r["measured_tokens_per_s"] > 0 and r["sampler_own_s"] > 0 for r in rows)
+
+
+def test_the_samplers_own_time_adds_to_the_predicted_network_time():
+    sampler = ARDecoding(1, n_tokens=4, prompt_len=2)
+    p = roofline.predict_sampling(TINY, sampler, hand_ceilings())
+    (plain,) = roofline.compare_tokens_per_s([("t", TINY, sampler, 1.0)], hand_ceilings())
+    (own,) = roofline.compare_tokens_per_s([("t", TINY, sampler, 1.0, 0.5)], hand_ceilings())
+    assert plain["predicted_tokens_per_s"] == pytest.approx(p.tokens / p.seconds)
+    assert own["predicted_tokens_per_s"] == pytest.approx(p.tokens / (p.seconds + 0.5))
+    assert own["sampler_own_s"] == 0.5 and plain["sampler_own_s"] == 0.0
+    assert "own s" in roofline.format_table([own]) and "own s" not in roofline.format_table([plain])
     assert len(roofline.fast_sampler_cases(quick=False)) == 9
 
 
