@@ -294,20 +294,7 @@ def sample_diffusion(
     _check_positive_int("steps", steps)
     _check_positive_int("batch_size", batch_size)
     check_temperature(temperature)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
-    if confidence is not None and strategy not in ("confidence", "threshold"):
-        raise ValueError(
-            f"confidence= is for the confidence/threshold strategies, not {strategy!r}"
-        )
-    if confidence is not None and confidence not in CONFIDENCES:
-        raise ValueError(f"unknown confidence {confidence!r}: choose one of {CONFIDENCES}")
-    if threshold is not None and strategy != "threshold":
-        raise ValueError(f"threshold= is for strategy='threshold', not {strategy!r}")
-    if strategy == "threshold":
-        threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1] (a confidence), got {threshold}")
+    threshold = _check_strategy(strategy, threshold, confidence)
     schedule = diffusion.get_schedule(schedule)
     mask_id = diffusion.resolve_mask_id(denoiser, mask_id)
     device = _device_of(denoiser, prompt)
@@ -487,7 +474,11 @@ def _check_block_inputs(model, length, block_len, steps_per_block, batch_size) -
 
 
 def _check_strategy(strategy, threshold, confidence) -> float | None:
-    """Check a block sampler's strategy arguments; the threshold to use (None if unused)."""
+    """Check a sampler's strategy arguments; the threshold to use (None if unused).
+
+    A threshold is a confidence in [0, 1]: 0 commits every masked position at the first
+    step, 1 only the quota (never more than the schedule asks).
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: choose one of {STRATEGIES}")
     if confidence is not None and strategy not in ("confidence", "threshold"):
@@ -501,8 +492,8 @@ def _check_strategy(strategy, threshold, confidence) -> float | None:
     if strategy != "threshold":
         return None
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1] (a confidence), got {threshold}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1] (a confidence), got {threshold}")
     return threshold
 
 

@@ -183,7 +183,7 @@ def test_gpu_switches_are_refused_on_a_cpu_with_a_reason(models):
         (dict(block_len=4), "trained with blocks of 8"),
         (dict(steps_per_block=0), "steps_per_block must be a positive int"),
         (dict(temperature=0.0), "temperature must be > 0"),
-        (dict(strategy="threshold", threshold=0.0), r"threshold must be in \(0, 1\]"),
+        (dict(strategy="threshold", threshold=-0.1), r"threshold must be in \[0, 1\]"),
         (dict(strategy="greedy"), "unknown strategy"),
     ],
 )
