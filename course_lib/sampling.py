@@ -810,6 +810,7 @@ def prefix_cache_error(
     prompt: torch.Tensor | None = None,
     temperature: float = 1.0,
     seed: int = 0,
+    confidence: str | None = None,
 ) -> PrefixCacheError:
     """Measure the approximate prefix cache of a bidirectional model against no cache.
 
@@ -819,7 +820,7 @@ def prefix_cache_error(
     """
     _check_block_inputs(model, length, block_len, steps_per_block, batch_size)
     check_temperature(temperature)
-    threshold = _check_strategy(strategy, threshold, None)
+    threshold = _check_strategy(strategy, threshold, confidence)
     mode = _cache_mode(model, block_len, False, "prefix")
     settings = dict(
         length=length,
@@ -832,7 +833,7 @@ def prefix_cache_error(
         temperature=temperature,
         stop=None,
         schedule=diffusion.get_schedule("loglinear"),
-        confidence="low_confidence",
+        confidence=confidence or "low_confidence",
         mask_id=model.mask_id,
         record=False,
     )

@@ -333,6 +333,20 @@ def test_prefix_cache_error_is_measured_and_bounded(trained_bidirectional):
     assert len(two.steps) == 4 * 8 and 0.0 <= two.token_agreement <= 1.0
 
 
+def test_prefix_cache_error_takes_the_confidence_rule(trained_bidirectional):
+    settings = dict(length=32, block_len=8, steps_per_block=8, batch_size=4, seed=0)
+    model = trained_bidirectional[2]
+    margin = prefix_cache_error(model, confidence="margin", **settings)
+    low = prefix_cache_error(model, **settings)  # the default: low_confidence
+    assert margin.first_step_max_logit_error < FLOAT32_ROUNDING
+    assert margin.mean_kl < margin.stale_mean_kl
+    assert margin.steps != low.steps  # another rule unmasks other positions
+    exact_one = prefix_cache_error(trained_bidirectional[1], confidence="margin", **settings)
+    assert exact_one.token_agreement == 1.0
+    with pytest.raises(ValueError, match="unknown confidence"):
+        prefix_cache_error(model, confidence="vibes", **settings)
+
+
 def test_the_approximate_cache_is_opt_in():
     model = make("bidirectional")
     with pytest.raises(ValueError, match="no exact KV cache"):
