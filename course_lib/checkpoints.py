@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -148,7 +149,8 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> dict:
 def load_weights(model: Transformer, payload: dict, *, source: str = "checkpoint") -> None:
     """Copy a checkpoint's weights into `model`, refusing a checkpoint of another shape."""
     model = getattr(model, "module", model)
-    saved = payload["config"]
+    # a field added to ModelConfig after a checkpoint was saved had its default value then
+    saved = {f.name: f.default for f in fields(ModelConfig)} | payload["config"]
     current = model.config.to_dict()
     different = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     different.pop("dropout", None)  # dropout is a training choice, not a shape

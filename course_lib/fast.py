@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import diffusion, sampling
-from course_lib.model import KVCache, Transformer, attention_mask
+from course_lib.model import KVCache, Transformer, apply_rotary, attention_mask
 
 # the reference's own helpers: both samplers start from the same x_1 and draw the same numbers
 from course_lib.sampling import (
@@ -172,10 +172,13 @@ def static_forward(
     C, H, D = config.d_model, config.n_head, config.head_dim
     key_positions = torch.arange(cache.capacity, device=ids.device)
     mask = attention_mask(config, positions, key_positions)  # (T, capacity)
-    x = model.token_emb(ids) + model.pos_emb(positions)  # (B, T, C)
+    x = model.embed(ids, positions)  # (B, T, C)
+    rotary = model.rotary(positions)  # None unless the model uses rotary positions
     for layer, block in enumerate(model.blocks):
         q, k, v = block.attn.qkv(block.ln1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         cache.keys[layer].index_copy_(2, positions, k)
         cache.values[layer].index_copy_(2, positions, v)
         y = F.scaled_dot_product_attention(

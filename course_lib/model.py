@@ -10,6 +10,14 @@ model; only the attention pattern changes:
 
 `forward(idx)` maps ids (B, L) to logits (B, L, vocab_size). The input embedding has one more
 row than the output head: the mask id `vocab_size` can be read but never predicted.
+
+Positions enter in one of two ways (`ModelConfig.position`):
+
+- ``"learned"``: a trained vector per position is added to each token's embedding (GPT-2).
+- ``"rotary"``: nothing is added; inside attention each query and key is rotated by angles
+  proportional to its position (RoPE, Su et al. 2021), so a query-key score depends only on
+  the two vectors and the *offset* between their positions. The shipped checkpoints use it:
+  with the same training budget it reaches clearly lower loss, most of all for diffusion.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ATTENTIONS = ("causal", "bidirectional", "block_causal")
+POSITIONS = ("learned", "rotary")
+ROTARY_BASE = 10_000.0  # the slowest rotation turns once per ~2*pi*10_000 positions
 
 
 @dataclass
@@ -37,16 +47,24 @@ class ModelConfig:
     dropout: float = 0.0
     attention: str = "causal"
     block_len: int | None = None  # only for attention="block_causal"
+    position: str = "learned"  # "learned" embedding or "rotary" (RoPE); see the module doc
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
         for name in ("vocab_size", "context_len", "n_layer", "n_head", "d_model", "mlp_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.position == "rotary" and self.head_dim % 2:
+            raise ValueError(
+                f"position='rotary' rotates pairs of dimensions: head_dim={self.head_dim} "
+                "must be even"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attention == "block_causal":
@@ -83,6 +101,25 @@ def attention_mask(
         return k_pos[None, :] <= q_pos[:, None]
     block_len = config.block_len
     return (k_pos[None, :] // block_len) <= (q_pos[:, None] // block_len)
+
+
+def rotary_angles(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each float32 (T, head_dim // 2), of RoPE's angles at `positions` (T,).
+
+    Dimension pair i turns by angle position * ROTARY_BASE ** (-2i / head_dim): the first
+    pairs spin fast (fine position), the last ones slowly (coarse position).
+    """
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
+    freqs = ROTARY_BASE ** (-exponents / head_dim)  # (head_dim // 2,)
+    angles = positions.to(torch.float32)[:, None] * freqs[None, :]  # (T, head_dim // 2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate queries or keys x (B, H, T, D) by `rotary_angles`: pair (x[i], x[i + D/2])."""
+    cos, sin = (t.to(x.dtype) for t in rotary)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class KVCache:
@@ -128,6 +165,7 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         start: int = 0,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         H, D = self.config.n_head, self.config.head_dim
@@ -135,6 +173,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)
         v = v.view(B, T, H, D).transpose(1, 2)
+        if rotary is not None:  # keys are rotated before caching: their positions are final
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         if cache is not None:
             # write the new keys/values after the cached ones and attend to all of them
             cache.keys[layer][:, :, start : start + T] = k
@@ -169,8 +209,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask, cache=None, layer=0, start=0):
-        x = x + self.attn(self.ln1(x), mask, cache, layer, start)
+    def forward(self, x, mask, cache=None, layer=0, start=0, rotary=None):
+        x = x + self.attn(self.ln1(x), mask, cache, layer, start, rotary)
         return x + self.mlp(self.ln2(x))
 
 
@@ -181,7 +221,11 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.token_emb = nn.Embedding(config.vocab_size + 1, config.d_model)  # +1: mask id
-        self.pos_emb = nn.Embedding(config.context_len, config.d_model)
+        self.pos_emb = (
+            nn.Embedding(config.context_len, config.d_model)
+            if config.position == "learned"
+            else None
+        )
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model)
@@ -204,6 +248,18 @@ class Transformer(nn.Module):
     @property
     def mask_id(self) -> int:
         return self.config.vocab_size
+
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The residual stream's input (B, L, d_model): token embeddings, plus learned
+        position embeddings when the model has them (dropout not applied)."""
+        x = self.token_emb(idx)
+        return x if self.pos_emb is None else x + self.pos_emb(positions)
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """RoPE's (cos, sin) at `positions` for a rotary model, None for a learned one."""
+        if self.config.position != "rotary":
+            return None
+        return rotary_angles(positions, self.config.head_dim)
 
     def forward(
         self,
@@ -259,7 +315,8 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"positions must be ({L},) with values in [0, {self.config.context_len})"
             )
-        x = self.drop(self.token_emb(idx) + self.pos_emb(positions))  # (B, L, d_model)
+        x = self.drop(self.embed(idx, positions))  # (B, L, d_model)
+        rotary = self.rotary(positions)  # queries and keys are the same ids here
         if attn_mask is not None:
             if attn_mask.shape != (L, L) or attn_mask.dtype != torch.bool:
                 raise ValueError(f"attn_mask must be a bool tensor of shape ({L}, {L})")
@@ -267,7 +324,7 @@ class Transformer(nn.Module):
         else:
             mask = attention_mask(self.config, positions, key_positions)  # (L, start + L)
         for layer, block in enumerate(self.blocks):
-            x = block(x, mask, cache, layer, start)
+            x = block(x, mask, cache, layer, start, rotary)
         if cache is not None and update_cache:
             cache.length = start + L
         return self.head(self.ln_f(x))  # (B, L, vocab_size)
@@ -281,7 +338,9 @@ class Transformer(nn.Module):
         """Parameter count; by default without the embeddings (the usual scaling-law count)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.token_emb.weight.numel() + self.pos_emb.weight.numel()
+            n -= self.token_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
         return n
 
 
@@ -291,7 +350,8 @@ def forward_flops(config: ModelConfig, n_tokens: int, context: int | None = None
     Each scored token costs 2 FLOPs per weight of every matmul (the `2N` rule) plus its
     attention: 2 * 2 * d_model FLOPs per layer per key it attends to (scores QK^T and the
     weighted sum of V). `context` is the number of keys each query sees (default: n_tokens,
-    i.e. full attention over the scored positions).
+    i.e. full attention over the scored positions). Rotary position embeddings add a few
+    elementwise FLOPs per query and key, negligible beside these and not counted.
     """
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")

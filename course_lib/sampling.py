@@ -552,9 +552,10 @@ def forward_with_kv(
     """
     L = idx.shape[1]
     positions = torch.arange(start, start + L, device=idx.device)
-    x = model.drop(model.token_emb(idx) + model.pos_emb(positions))  # (B, L, d_model)
+    x = model.drop(model.embed(idx, positions))  # (B, L, d_model)
+    rotary = model.rotary(positions)
     for layer, block in enumerate(model.blocks):
-        x = block(x, None, cache, layer, start)  # mask None: bidirectional
+        x = block(x, None, cache, layer, start, rotary)  # mask None: bidirectional
     return model.head(model.ln_f(x))  # (B, L, vocab_size)
 
 

@@ -12,7 +12,14 @@ from course_lib.sampling import prefix_cache_error, sample_block_diffusion, samp
 V, L, BLOCK = 11, 24, 8
 
 
-def make(attention="block_causal", dtype=torch.float32, block_len=BLOCK, n_layer=2, seed=0):
+def make(
+    attention="block_causal",
+    dtype=torch.float32,
+    block_len=BLOCK,
+    n_layer=2,
+    seed=0,
+    position="learned",
+):
     torch.manual_seed(seed)
     config = ModelConfig(
         vocab_size=V,
@@ -22,6 +29,7 @@ def make(attention="block_causal", dtype=torch.float32, block_len=BLOCK, n_layer
         d_model=32,
         attention=attention,
         block_len=block_len if attention == "block_causal" else None,
+        position=position,
     )
     return Transformer(config).to(dtype).eval()
 
@@ -33,10 +41,11 @@ def clean(batch=3, seed=0):
 # -- the loss ---------------------------------------------------------------------------------
 
 
-def test_bd3lm_loss_equals_one_forward_per_block_with_a_clean_prefix():
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_bd3lm_loss_equals_one_forward_per_block_with_a_clean_prefix(position):
     """Redo the loss by hand: the same times and masks, then block k denoised by its own
     forward over (clean blocks < k, noisy block k)."""
-    model, x0 = make(dtype=torch.float64), clean()
+    model, x0 = make(dtype=torch.float64, position=position), clean()
     B, n = x0.shape[0], L // BLOCK
     loss = diffusion.block_nelbo_per_sequence(
         model, x0, "cosine", generator=torch.Generator().manual_seed(3)
@@ -144,9 +153,10 @@ def record_logits(model, monkeypatch):
     return calls
 
 
-def test_the_exact_kv_cache_changes_no_logit(monkeypatch):
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_the_exact_kv_cache_changes_no_logit(monkeypatch, position):
     """float64, so that "no change" can be checked to 1e-10 instead of to float32 rounding."""
-    model = make(dtype=torch.float64)
+    model = make(dtype=torch.float64, position=position)
     calls = record_logits(model, monkeypatch)
     kwargs = dict(length=L, block_len=BLOCK, steps_per_block=4, batch_size=2, temperature=0.9)
     cached = sample_block_diffusion(model, generator=torch.Generator().manual_seed(0), **kwargs)

@@ -1,5 +1,6 @@
 """course_lib.checkpoints: atomic saves, verified loads, clear errors for damage and mismatch."""
 
+import dataclasses
 import json
 import shutil
 import zipfile
@@ -252,3 +253,25 @@ def test_save_unwraps_a_wrapped_model(tmp_path):
     path = checkpoints.save_checkpoint(tmp_path / "m.pt", Wrapper(model))
     assert json.loads((tmp_path / "manifest.json").read_text())["m.pt"]["sha256"]
     assert torch.equal(logits(checkpoints.load_checkpoint(path)), logits(model))
+
+
+def test_a_checkpoint_saved_before_rotary_positions_existed_loads_as_learned(tmp_path):
+    """Configs saved without the `position` field had learned position embeddings."""
+    model = make()
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", model)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["position"]
+    torch.save(payload, path)
+    checkpoints.update_manifest(path)  # the edited file is the one the manifest vouches for
+    loaded = checkpoints.load_checkpoint(path)
+    assert loaded.config.position == "learned"
+    assert torch.equal(logits(loaded), logits(model))
+
+
+def test_a_rotary_model_round_trips_and_refuses_a_learned_one(tmp_path):
+    rotary = make(config=dataclasses.replace(CONFIG, position="rotary"))
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", rotary)
+    loaded = checkpoints.load_checkpoint(path)
+    assert loaded.pos_emb is None and torch.equal(logits(loaded), logits(rotary))
+    with pytest.raises(ValueError, match="position: checkpoint 'rotary' vs model 'learned'"):
+        checkpoints.load_weights(make(), checkpoints.read_checkpoint(path))

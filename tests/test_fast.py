@@ -16,7 +16,7 @@ CPU_AR_STAGES = [
 ]
 
 
-def make(attention, dtype=torch.float32, seed=0):
+def make(attention, dtype=torch.float32, seed=0, position="learned"):
     torch.manual_seed(seed)
     config = ModelConfig(
         vocab_size=V,
@@ -26,13 +26,17 @@ def make(attention, dtype=torch.float32, seed=0):
         d_model=32,
         attention=attention,
         block_len=BLOCK if attention == "block_causal" else None,
+        position=position,
     )
     return Transformer(config).to(dtype).eval()
 
 
 @pytest.fixture(scope="module")
 def models():
-    return {kind: make(kind) for kind in ("block_causal", "bidirectional", "causal")}
+    models = {kind: make(kind) for kind in ("block_causal", "bidirectional", "causal")}
+    models["rotary_block_causal"] = make("block_causal", position="rotary")
+    models["rotary_causal"] = make("causal", position="rotary")
+    return models
 
 
 PROMPT = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])  # a whole block and a bit
@@ -46,6 +50,7 @@ CASES = [
     ("bidirectional", None, "confidence", 8, None, PROMPT),
     ("bidirectional", None, "threshold", 8, 0.05, None),  # all at once: ends early
     ("bidirectional", BLOCK, "confidence", 4, None, None),  # semi-AR, whole sequence each step
+    ("rotary_block_causal", None, "confidence", 8, None, PROMPT),  # RoPE: the shipped models
 ]
 
 
@@ -110,10 +115,11 @@ def test_a_kept_sampler_starts_afresh_every_call(models, references):
             )
 
 
+@pytest.mark.parametrize("kind", ["causal", "rotary_causal"])
 @pytest.mark.parametrize("stage", [name for name, _ in CPU_AR_STAGES])
-def test_every_ar_stage_writes_the_tokens_of_sample_ar(stage, models):
+def test_every_ar_stage_writes_the_tokens_of_sample_ar(stage, kind, models):
     options = dict(CPU_AR_STAGES)[stage]
-    model = models["causal"]
+    model = models[kind]
     decoder = fast.FastARDecoder(model, batch_size=3, options=options)
     for seed, prompt_len in [(0, 1), (1, 4), (2, 4)]:
         prompt = torch.randint(0, V, (3, prompt_len), generator=torch.Generator().manual_seed(seed))
@@ -129,11 +135,12 @@ def test_every_ar_stage_writes_the_tokens_of_sample_ar(stage, models):
         assert torch.equal(once, expected)
 
 
+@pytest.mark.parametrize("position", ["learned", "rotary"])
 @pytest.mark.parametrize("attention", ["causal", "block_causal"])
-def test_static_forward_is_the_cached_forward(attention):
+def test_static_forward_is_the_cached_forward(attention, position):
     """gpt-fast's step (writes at position tensors, attends over the whole cache under the
     mask) computes what model(...) computes; float64 so that the check can be 1e-10."""
-    model = make(attention, torch.float64)
+    model = make(attention, torch.float64, position=position)
     x = torch.randint(0, V, (2, L), generator=torch.Generator().manual_seed(0))
     cache = model.new_cache(2)
     cache.keys[0].fill_(1e3)  # garbage beyond what is written must stay hidden by the mask

@@ -5,7 +5,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from course_lib.model import ModelConfig, Transformer, attention_mask, forward_flops
+from course_lib.model import (
+    ModelConfig,
+    Transformer,
+    apply_rotary,
+    attention_mask,
+    forward_flops,
+    rotary_angles,
+)
 
 V = 98
 L = 32  # context
@@ -41,8 +48,9 @@ def per_position_change(model, x, y):
 DIFFERENT = 1e-4  # a real dependence moves logits by ~1e-2 at init; rounding by < 1e-6
 
 
-def test_causal_logits_ignore_later_tokens():
-    model = make("causal")
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_causal_logits_ignore_later_tokens(position):
+    model = make("causal", position=position)
     x = ids()
     for pos in (1, 13, L - 1):
         change = per_position_change(model, x, changed_after(x, pos))
@@ -57,8 +65,9 @@ def test_bidirectional_logits_depend_on_later_tokens():
     assert (change > DIFFERENT).all()  # every position, before 20 included
 
 
-def test_block_causal_sees_its_own_block_and_earlier_blocks_only():
-    model = make("block_causal")
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_block_causal_sees_its_own_block_and_earlier_blocks_only(position):
+    model = make("block_causal", position=position)
     x = ids()
     n_blocks = L // BLOCK
     for b in range(n_blocks):
@@ -82,9 +91,10 @@ def full_logits(model, x):
         return model(x)
 
 
+@pytest.mark.parametrize("position", ["learned", "rotary"])
 @pytest.mark.parametrize("chunks", [[1] * L, [5, 1, 10, 3, 13], [L]])
-def test_causal_kv_cache_gives_the_full_forward_logits(chunks):
-    model = make("causal", torch.float64)
+def test_causal_kv_cache_gives_the_full_forward_logits(chunks, position):
+    model = make("causal", torch.float64, position=position)
     x = ids()
     cache = model.new_cache(2)
     assert cache.keys[0].dtype == torch.float64
@@ -106,8 +116,9 @@ def test_causal_kv_cache_in_float32_matches_within_float32_rounding():
     torch.testing.assert_close(cached, full_logits(model, x))
 
 
-def test_block_causal_kv_cache_block_by_block():
-    model = make("block_causal", torch.float64)
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_block_causal_kv_cache_block_by_block(position):
+    model = make("block_causal", torch.float64, position=position)
     x = ids()
     cache = model.new_cache(2)
     with torch.no_grad():
@@ -197,9 +208,11 @@ def test_positions_and_attn_mask_hooks_default_to_the_config(attention):
         torch.testing.assert_close(model(x, positions=positions), model(x), rtol=0, atol=0)
 
 
-def test_two_copies_side_by_side_with_a_block_diagonal_mask_are_two_forwards():
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_two_copies_side_by_side_with_a_block_diagonal_mask_are_two_forwards(position):
     """Repeated positions and a custom mask: two sequences packed into one row."""
-    model, x, y = make("bidirectional"), ids(1, 12, seed=0), ids(1, 12, seed=1)
+    model = make("bidirectional", position=position)
+    x, y = ids(1, 12, seed=0), ids(1, 12, seed=1)
     block = torch.arange(24) // 12
     with torch.no_grad():
         packed = model(
@@ -239,6 +252,8 @@ def test_idx_must_be_two_dimensional():
         (dict(n_layer=0), "n_layer"),
         (dict(vocab_size=98.0), "vocab_size"),
         (dict(dropout=1.0), "dropout"),
+        (dict(position="sinusoidal"), "position must be one of"),
+        (dict(position="rotary", d_model=30, n_head=2), "must be even"),
     ],
 )
 def test_model_config_rejects_bad_values(overrides, match):
@@ -301,3 +316,44 @@ def test_forward_flops_with_a_cache_counts_the_cached_keys():
         with counter, sdpa_kernel(SDPBackend.MATH):
             model(x[:, 16:], cache=cache)
     assert counter.get_total_flops() == forward_flops(model.config, 4, context=20)
+
+
+# -- rotary position embeddings ----------------------------------------------------------------
+
+
+def test_rotary_scores_depend_only_on_the_offset():
+    """RoPE's point: q.k after rotation at positions (m, n) is a function of m - n alone."""
+    D = 16
+    q, k = torch.randn(
+        2, 1, 1, 1, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+
+    def score(m, n):
+        qm = apply_rotary(q, rotary_angles(torch.tensor([m]), D))
+        kn = apply_rotary(k, rotary_angles(torch.tensor([n]), D))
+        return (qm * kn).sum().item()
+
+    for offset in (0, 3, -5):
+        scores = [score(n + offset, n) for n in (0, 7, 40, 200)]
+        assert scores == pytest.approx([scores[0]] * 4, abs=1e-4), offset
+    assert score(3, 0) != pytest.approx(score(4, 0), abs=1e-3)  # the offset matters
+    # a rotation keeps lengths, and position 0 is no rotation at all
+    qr = apply_rotary(q, rotary_angles(torch.tensor([123]), D))
+    torch.testing.assert_close(qr.norm(), q.norm())
+    torch.testing.assert_close(apply_rotary(q, rotary_angles(torch.tensor([0]), D)), q)
+
+
+def test_a_rotary_model_has_no_position_embedding_and_still_sees_order():
+    model = make("bidirectional", position="rotary")
+    assert model.pos_emb is None
+    assert not any("pos_emb" in name for name, _ in model.named_parameters())
+    assert model.num_params() == make("bidirectional").num_params()  # same non-embedding count
+    assert model.num_params(non_embedding=False) == sum(p.numel() for p in model.parameters())
+    # without positions a bidirectional model would be blind to order: swapping two tokens
+    # would swap their logits and change nothing else
+    x = ids(1, 12)
+    y = x.clone()
+    y[:, [2, 9]] = x[:, [9, 2]]
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert (a[:, [2, 9]] - b[:, [9, 2]]).abs().max() > DIFFERENT
