@@ -403,21 +403,31 @@ def quality_rows(suite: Suite, *, batch_size: int) -> None:
     The float32 fast samplers write the references' tokens; on a GPU the bf16 ones do not,
     so their quality is measured beside (and their token agreement with the reference).
     """
-    from course_lib import fast, metrics
+    from course_lib import data, fast, metrics
 
     device = suite.device
     scorer = _checkpoint("ar-small", device)
     if scorer is None:
         suite.note("quality: data/checkpoints/ar-small.pt (the scorer) is missing; no quality rows")
         return
+    tokenizer = data.CharTokenizer()
+
+    def validity(generated: torch.Tensor) -> float | None:
+        texts = [tokenizer.decode(row) for row in generated.tolist()]
+        try:
+            return metrics.python_validity(texts)
+        except ValueError:  # not one complete statement to judge (e.g. only spaces)
+            return None
 
     def quality(tokens: torch.Tensor, prompt_len: int) -> dict:
+        generated = tokens[:, prompt_len:].cpu()
         return {
             "quality": {
                 "generative_perplexity": metrics.generative_perplexity(
                     tokens.cpu(), scorer, prompt_len=prompt_len, device=device
                 ),
-                "unigram_entropy_bits": metrics.unigram_entropy(tokens[:, prompt_len:].cpu()),
+                "unigram_entropy_bits": metrics.unigram_entropy(generated),
+                "statement_validity": validity(generated),
                 "scorer": "ar-small.pt",
                 "samples": tokens.shape[0],
             }

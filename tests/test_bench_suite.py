@@ -128,6 +128,8 @@ def test_quality_rows_score_the_shipped_checkpoints(tmp_path, monkeypatch):
     for row in rows:
         quality = row["quality"]
         assert quality["generative_perplexity"] > 1 and 0 < quality["unigram_entropy_bits"] < 7
+        validity = quality["statement_validity"]  # None: no complete statement to judge
+        assert validity is None or 0 <= validity <= 1
     assert {row["strategy"] for row in rows if "strategy" in row} >= {"confidence", "threshold"}
 
 
