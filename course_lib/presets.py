@@ -40,7 +40,7 @@ register(
     Preset(
         name="ar-tiny",
         description="a 2-layer AR model trained for seconds (fast mode, tests)",
-        model=ModelConfig(context_len=64, n_layer=2, n_head=2, d_model=64),
+        model=ModelConfig(context_len=64, n_layer=2, n_head=2, d_model=64, position="rotary"),
         train=TrainConfig(
             objective="ar",
             steps=60,
@@ -58,11 +58,11 @@ register(
 register(
     Preset(
         name="ar-small",
-        description="notebook 03's AR model: 4 layers, d=256, a few minutes on a laptop CPU",
-        model=ModelConfig(context_len=128, n_layer=4, n_head=4, d_model=256),
+        description="notebook 03's AR model: 4 layers, d=256, rotary positions; ~20 min on one CPU core",
+        model=ModelConfig(context_len=128, n_layer=4, n_head=4, d_model=256, position="rotary"),
         train=TrainConfig(
             objective="ar",
-            steps=1200,
+            steps=3000,
             batch_size=32,
             seq_len=128,
             lr=2e-3,
@@ -89,7 +89,7 @@ register(
         name="mdlm-small",
         description="notebook 05's masked-diffusion model: ar-small's shape, bidirectional",
         model=replace(PRESETS["ar-small"].model, attention="bidirectional"),
-        train=replace(PRESETS["ar-small"].train, objective="mdlm", steps=2000),
+        train=replace(PRESETS["ar-small"].train, objective="mdlm"),
     )
 )
 register(
@@ -105,7 +105,7 @@ register(
         name="bd3lm-small",
         description="notebook 08's block-diffusion model: ar-small's shape, block-causal, blocks of 16",
         model=replace(PRESETS["ar-small"].model, attention="block_causal", block_len=16),
-        train=replace(PRESETS["ar-small"].train, objective="bd3lm", steps=2000),
+        train=replace(PRESETS["ar-small"].train, objective="bd3lm"),
     )
 )
 
