@@ -362,6 +362,11 @@ def _make_optimizer(
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
 
 
+_START_OVER = (
+    "pass resume=False (--restart on the command line) to start over, or use another out_dir"
+)
+
+
 def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> tuple[int, float]:
     """Load a run's state from `path`: (finished steps, training loss of the last one)."""
     payload = checkpoints.read_checkpoint(path)
@@ -375,10 +380,12 @@ def _restore(path, model, optimizer, cfg, data_gen, loss_gen, result) -> tuple[i
             if state["train_config"].get(k) != v
         }
         raise ValueError(
-            f"{path} was trained with another configuration ({changed}); pass resume=False "
-            "(--restart on the command line) to start over, or use another out_dir"
+            f"{path} was trained with another configuration ({changed}); {_START_OVER}"
         )
-    checkpoints.load_weights(model, payload, source=str(path))
+    try:
+        checkpoints.load_weights(model, payload, source=str(path))
+    except ValueError as err:  # a run of another model shape (e.g. a preset that changed)
+        raise ValueError(f"{err}; {_START_OVER}") from err
     optimizer.load_state_dict(state["optimizer"])
     data_gen.set_state(state["data_generator"])
     loss_gen.set_state(state["loss_generator"])

@@ -236,6 +236,19 @@ def test_resuming_with_another_config_is_refused(tmp_path, source):
     assert result.steps_done == 3  # starting over is allowed when asked for
 
 
+def test_resuming_a_run_of_another_model_shape_says_how_to_start_over(tmp_path, source):
+    """E.g. a run left in data/runs/ by a preset whose model has changed since."""
+    cfg = train.TrainConfig(steps=2, batch_size=4, seq_len=32, warmup_steps=1, precision="fp32")
+    train.train(tiny_model(), cfg, source=source, out_dir=tmp_path, progress=False)
+    torch.manual_seed(0)
+    rotary = Transformer(
+        ModelConfig(context_len=32, n_layer=2, n_head=2, d_model=32, position="rotary")
+    )
+    with pytest.raises(ValueError, match="position: checkpoint 'learned' vs model 'rotary'") as e:
+        train.train(rotary, cfg, source=source, out_dir=tmp_path, progress=False)
+    assert "resume=False" in str(e.value) and "--restart" in str(e.value)
+
+
 def test_a_checkpoint_without_training_state_cannot_be_resumed(tmp_path, source):
     checkpoints.save_checkpoint(tmp_path / "last.pt", tiny_model())
     cfg = train.TrainConfig(steps=2, batch_size=4, seq_len=32, precision="fp32")
