@@ -352,12 +352,13 @@ def _final_stage(stages: list, *, compile: bool = False):
 
 
 def _exact_and_fastest(device: torch.device, stages: list) -> list:
-    """The last float32 stage (the reference's tokens exactly) and, on a GPU, the last one
-    with bf16 and CUDA graphs (compile left out: it has rows of its own)."""
+    """The last float32 stage (the reference's tokens) and, on a GPU, the last one with bf16
+    and CUDA graphs (compile left out: it has rows of its own)."""
     from course_lib import fast
 
-    exact = _final_stage(fast.stages_for("cpu", stages))
-    fastest = _final_stage(fast.stages_for(device, stages))
+    runnable = fast.stages_for(device, stages)
+    exact = _final_stage([(name, o) for name, o in runnable if not fast.needs_cuda(o)])
+    fastest = _final_stage(runnable)
     return [exact] if fastest == exact else [exact, fastest]
 
 
@@ -674,7 +675,9 @@ def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
     suite.save()
     shape = SHAPES["tiny" if smoke else "gpt2-small"]
     L = shape["context_len"]
-    stages, ar_stages = fast.DIFFUSION_STAGES, fast.AR_STAGES  # CUDA-only rows skip elsewhere
+    # the GPU's stages (no prepacked weights); with --smoke on a CPU, CUDA-only rows skip
+    stages = fast.stages_for("cuda", fast.DIFFUSION_STAGES)
+    ar_stages = fast.stages_for("cuda", fast.AR_STAGES)
     block = _random_model(shape, "block_causal", device, block_len=8 if smoke else 16)
     section = f"stages: block diffusion, {'tiny' if smoke else 'GPT-2-small'} shape"
     block_reference = diffusion_rows(

@@ -34,29 +34,40 @@ The diffusion switches, in the order the stages add them:
   step can be compiled once and captured in a CUDA graph.
 - skip_unchanged ("ancestral"): a step that unmasked nothing leaves the input unchanged,
   so the next step reuses the probabilities instead of calling the network.
+- prepacked_weights (CPU): every Linear's weight is laid out once, when the sampler is
+  built, for the matmul kernel that reads it every step (`PackedLinear`): oneDNN's blocked
+  layout when a step scores several rows, a transposed copy for one row (a matrix-vector
+  product over contiguous memory). PyTorch's default CPU matmul is the BLAS's, which
+  rearranges the weight on every call and, on AMD processors, runs MKL's 256-bit kernels;
+  oneDNN generates its kernels for the CPU it finds (AVX-512 where there is one). Its sums
+  run in another order, so logits move in the last bits: its tokens are checked, not assumed.
 - bf16 (CUDA): a bfloat16 copy of the weights (as gpt-fast keeps them: a decode step reads
   every weight, so their bytes are its time) and bfloat16 autocast; SDPA then runs its
   fused flash / memory-efficient kernels.
 - cuda_graphs (CUDA): capture the step once and replay it: one launch instead of hundreds.
 - compile: torch.compile of the step, fusing its small kernels (compile time is reported
-  apart by the benchmarks; on a CPU it takes a minute and buys little).
+  apart by the benchmarks; on a CPU it takes a minute and buys little). It compiles the
+  dense weights: inductor cannot lower oneDNN's packed ones, so on a CPU the compile stage
+  leaves prepacked_weights off.
 
 The AR decoder (`FastARDecoder`) gets gpt-fast's treatment with the same kind of switches:
 inference_mode; no_sync (tokens stay on the device instead of passing through Python lists);
 kv_cache; static_buffers (a preallocated output, the static cache and a decode step of fixed
-shape); bf16, cuda_graphs and compile. Batching is no switch: every sampler takes a
-`batch_size`, and the benchmarks sweep it. `stages_for(device)` lists the stages a device
-can run (on a CPU: no bf16, no CUDA graphs).
+shape); prepacked_weights (CPU); bf16, cuda_graphs and compile. Batching is no switch: every
+sampler takes a `batch_size`, and the benchmarks sweep it. `stages_for(device)` lists the
+stages a device can run (on a CPU: no bf16, no CUDA graphs; on a GPU: no prepacked weights).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import diffusion, sampling
@@ -72,6 +83,7 @@ from course_lib.sampling import (
 )
 
 CUDA_ONLY = ("bf16", "cuda_graphs")
+CPU_ONLY = ("prepacked_weights",)
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,7 @@ class DiffusionOptimizations:
     kv_cache: bool = True
     static_buffers: bool = True
     skip_unchanged: bool = True
+    prepacked_weights: bool = True  # CPU only (oneDNN)
     bf16: bool = False  # CUDA only
     cuda_graphs: bool = False  # CUDA only
     compile: bool = False
@@ -98,6 +111,7 @@ class AROptimizations:
     no_sync: bool = True  # tokens stay on the device (no .tolist() per token)
     kv_cache: bool = True
     static_buffers: bool = True  # preallocated output, static cache, fixed-shape decode step
+    prepacked_weights: bool = True  # CPU only (oneDNN)
     bf16: bool = False  # CUDA only
     cuda_graphs: bool = False  # CUDA only
     compile: bool = False
@@ -125,17 +139,44 @@ def needs_cuda(options) -> list[str]:
 def stages_for(device: torch.device | str, stages: list | None = None) -> list:
     """The (name, options) stages that run on `device`.
 
-    On a CUDA device, all of them. Elsewhere the CUDA-only switches stay off, and a stage
-    whose only change was one of them is dropped (so "compile" follows "skip_unchanged").
+    The switches the device lacks stay off, and a stage whose only change was one of them is
+    dropped: on a CUDA device the CPU-only prepacked_weights, elsewhere the CUDA-only bf16
+    and cuda_graphs (so on a CPU "compile" follows "prepacked_weights"), and prepacked_weights
+    too where this PyTorch has no oneDNN (`packing_problem`). On a CPU the compile stage
+    compiles the dense weights (inductor cannot lower oneDNN's packed ones).
     """
     stages = DIFFUSION_STAGES if stages is None else stages
     if torch.device(device).type == "cuda":
-        return list(stages)
-    off = {name: False for name in CUDA_ONLY}
-    return [(name, replace(opts, **off)) for name, opts in stages if name not in CUDA_ONLY]
+        absent = CPU_ONLY
+    else:
+        absent = CUDA_ONLY + (CPU_ONLY if packing_problem() else ())
+    off = {name: False for name in absent}
+    runnable = []
+    for name, options in stages:
+        if name in absent:
+            continue
+        options = replace(options, **off)
+        if options.compile:
+            options = replace(options, prepacked_weights=False)
+        runnable.append((name, options))
+    return runnable
 
 
-def _check_options(options, device: torch.device) -> None:
+def _defaults(options_type, model: Transformer):
+    """The options a sampler uses when given none: every switch on by default, but prepacked
+    weights only for a float32 model on a CPU that can pack them."""
+    parameter = next(model.parameters())
+    packable = (
+        parameter.device.type == "cpu"
+        and parameter.dtype == torch.float32
+        and not packing_problem()
+    )
+    return options_type(prepacked_weights=packable)
+
+
+def _check_options(options, model: Transformer) -> None:
+    parameter = next(model.parameters())
+    device = parameter.device
     missing = needs_cuda(options)
     if missing and device.type != "cuda":
         raise ValueError(
@@ -144,13 +185,105 @@ def _check_options(options, device: torch.device) -> None:
         )
     if (options.compile or options.cuda_graphs) and not options.static_buffers:
         raise ValueError("compile and cuda_graphs need static shapes: turn static_buffers on")
+    if options.prepacked_weights:
+        if device.type != "cpu":
+            raise ValueError(
+                f"prepacked_weights lays weights out for oneDNN's CPU kernels; this model is "
+                f"on {device}: turn it off (on a GPU, bf16 is the weights' speed-up)"
+            )
+        if packing_problem():
+            raise ValueError(f"prepacked_weights cannot run here: {packing_problem()}")
+        if parameter.dtype != torch.float32:
+            raise ValueError(
+                f"prepacked_weights packs float32 weights, this model is {parameter.dtype}: "
+                "turn it off"
+            )
+        if options.compile:
+            raise ValueError(
+                "prepacked_weights and compile do not combine: inductor cannot lower oneDNN's "
+                "packed weights; turn one of them off"
+            )
 
 
-def _working_model(model: Transformer, options) -> Transformer:
-    """The model a sampler runs: with bf16, a bfloat16 copy (the caller's stays as it is)."""
+def _working_model(model: Transformer, options, rows: int) -> Transformer:
+    """The model a sampler runs: with bf16, a bfloat16 copy; with prepacked_weights, a copy
+    whose weights are laid out for steps of `rows` rows (the caller's stays as it is)."""
     if options.bf16 and next(model.parameters()).dtype != torch.bfloat16:
         return copy.deepcopy(model).to(torch.bfloat16)
+    if options.prepacked_weights:
+        return prepack_weights(model, rows)
     return model
+
+
+# -- weights laid out once for the CPU kernel that reads them every step -------------------
+
+
+class PackedLinear(nn.Module):
+    """`F.linear(x, weight, bias)` for inference on a CPU, its weight laid out once.
+
+    A BLAS matmul rearranges ("packs") the weight into the order its inner kernel reads on
+    every call; at a few rows per call that costs about as much as the multiply. Here the
+    layout is fixed when the layer is built, for calls of about `rows` rows (any number
+    works): with one row, the weight transposed to (in, out), so `addmm` is a
+    matrix-vector product over contiguous memory; with more, oneDNN's blocked layout
+    (`torch.ops.mkldnn`, what torch.compile's CPU weight freezing uses), multiplied by
+    kernels oneDNN generates for this CPU. Outputs equal `F.linear`'s up to the order of
+    the float32 sums (a relative difference of about 1e-6). Inference only: no gradients.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
+        super().__init__()
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+            raise ValueError(
+                f"PackedLinear packs float32 CPU weights, got {weight.dtype} on {weight.device}"
+            )
+        self.out_features, self.in_features = weight.shape
+        self.onednn = rows > 1
+        weight = weight.detach()
+        if self.onednn:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        else:
+            self.weight = weight.t().contiguous()  # (in, out)
+        self.bias = None if bias is None else bias.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2d = x.reshape(-1, self.in_features).contiguous()
+        if self.onednn:
+            y = torch.ops.mkldnn._linear_pointwise(x2d, self.weight, self.bias, "none", [], "")
+        elif self.bias is None:
+            y = x2d @ self.weight
+        else:
+            y = torch.addmm(self.bias, x2d, self.weight)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def prepack_weights(model: Transformer, rows: int) -> Transformer:
+    """A copy of `model` whose Linear layers are `PackedLinear`s for steps of `rows` rows.
+
+    The copy is for inference on a CPU; later changes to `model`'s weights do not reach it.
+    """
+    if packing_problem():
+        raise ValueError(f"prepacked weights cannot run here: {packing_problem()}")
+    packed = copy.deepcopy(model)
+    for module in list(packed.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, PackedLinear(child.weight, child.bias, rows))
+    return packed
+
+
+@functools.cache
+def packing_problem() -> str | None:
+    """Why `PackedLinear` cannot run with this PyTorch (None when it can)."""
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch was built without oneDNN (mkldnn)"
+    try:
+        probe = PackedLinear(torch.ones(3, 4), torch.zeros(3), rows=2)
+        if not torch.allclose(probe(torch.ones(2, 4)), torch.full((2, 3), 4.0)):
+            return "oneDNN's packed matmul gave a wrong answer on a probe"
+    except (RuntimeError, AttributeError, NotImplementedError) as err:
+        return f"oneDNN's packed matmul is missing ({type(err).__name__}: {err})"
+    return None
 
 
 # -- gpt-fast's static-cache forward --------------------------------------------------------
@@ -260,7 +393,9 @@ class FastDiffusionSampler:
     one as one block of `length` (MDLM, notebook 06) unless `block_len` is given (semi-AR
     decoding, every step running the whole sequence). Keep the sampler to reuse its buffers
     (and its compiled step) across calls; `fast_sample_diffusion` makes one for a single call.
-    Tokens equal the reference's (`reference_sample_diffusion`) for the same seed.
+    Tokens equal the reference's (`reference_sample_diffusion`) for the same seed. With
+    prepacked weights (by default on a CPU) it runs a packed copy of the weights: build a new
+    sampler after the model's weights change.
     """
 
     def __init__(
@@ -272,7 +407,7 @@ class FastDiffusionSampler:
         batch_size: int = 1,
         options: DiffusionOptimizations | None = None,
     ) -> None:
-        self.options = options = options or DiffusionOptimizations()
+        self.options = options = options or _defaults(DiffusionOptimizations, model)
         config = model.config
         if config.attention == "causal":
             raise ValueError("a causal model decodes one token at a time: use fast_sample_ar")
@@ -282,10 +417,11 @@ class FastDiffusionSampler:
         sampling._check_block_inputs(model, length, block_len, 1, batch_size)
         sampling._cache_mode(model, block_len, self.block_causal, None)  # checks block_len
         self.device = next(model.parameters()).device
-        _check_options(options, self.device)
-        self.model = model = _working_model(model, options)
-        self.length, self.block_len, self.batch_size = length, block_len, batch_size
+        _check_options(options, model)
         self.cached = self.block_causal and options.kv_cache
+        rows = batch_size * (block_len if self.cached else length)  # per step, at most
+        self.model = model = _working_model(model, options, rows)
+        self.length, self.block_len, self.batch_size = length, block_len, batch_size
         self.cache = model.new_cache(batch_size) if self.cached else None
         if self.cached and options.static_buffers:
             self.step = _Step(self._static_step, options, self.device)
@@ -521,18 +657,20 @@ class FastARDecoder:
     """The optimized AR decoder for one causal model and batch size (gpt-fast's recipe).
 
     Same tokens as `sampling.sample_ar` for the same seed: one float64 categorical per
-    sequence per step (`logits_to_probs`, `sample_categorical`).
+    sequence per step (`logits_to_probs`, `sample_categorical`). With prepacked weights (by
+    default on a CPU) it runs a packed copy of the weights: build a new decoder after the
+    model's weights change.
     """
 
     def __init__(
         self, model: Transformer, *, batch_size: int = 1, options: AROptimizations | None = None
     ) -> None:
-        self.options = options = options or AROptimizations()
+        self.options = options = options or _defaults(AROptimizations, model)
         if model.config.attention != "causal":
             raise ValueError(f"the AR decoder needs a causal model, not {model.config.attention!r}")
         self.device = next(model.parameters()).device
-        _check_options(options, self.device)
-        self.model = model = _working_model(model, options)
+        _check_options(options, model)
+        self.model = model = _working_model(model, options, rows=batch_size)
         self.batch_size = batch_size
         self.cache = model.new_cache(batch_size) if options.kv_cache else None
         fn = self._static_step if options.kv_cache and options.static_buffers else self._step

@@ -330,8 +330,8 @@ class Transformer(nn.Module):
         return self.head(self.ln_f(x))  # (B, L, vocab_size)
 
     def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache for this model on its device."""
-        p = self.head.weight
+        """An empty KV cache for this model on its device (in its embeddings' dtype)."""
+        p = self.token_emb.weight
         return KVCache(self.config, batch_size, device=p.device, dtype=dtype or p.dtype)
 
     def num_params(self, non_embedding: bool = True) -> int:

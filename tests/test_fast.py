@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from course_lib import fast, sampling
 from course_lib.model import ModelConfig, Transformer
@@ -165,7 +166,89 @@ def test_the_stages_turn_the_switches_on_one_at_a_time():
             assert on == names[:k], name
     cpu = fast.stages_for("cpu")
     assert not any(fast.needs_cuda(options) for _, options in cpu)
-    assert [name for name, _ in cpu][-2:] == ["skip_unchanged", "compile"]
+    last = "skip_unchanged" if fast.packing_problem() else "prepacked_weights"
+    assert [name for name, _ in cpu][-2:] == [last, "compile"]
+    assert not dict(cpu)["compile"].prepacked_weights  # inductor compiles dense weights
+    for stages in (fast.DIFFUSION_STAGES, fast.AR_STAGES):
+        cuda = fast.stages_for("cuda", stages)
+        assert "prepacked_weights" not in dict(cuda)
+        assert not any(options.prepacked_weights for _, options in cuda)
+        assert [name for name, _ in cuda][-3:] == ["bf16", "cuda_graphs", "compile"]
+
+
+needs_onednn = pytest.mark.skipif(
+    bool(fast.packing_problem()), reason=f"no oneDNN packing here: {fast.packing_problem()}"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_packed_linear_computes_the_linear(rows, bias):
+    """Same outputs as F.linear up to the order of float32 sums, at any number of rows
+    (the layout is chosen for `rows`, but every input shape must work)."""
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(48, 40, generator=gen)
+    b = torch.randn(48, generator=gen) if bias else None
+    layer = fast.PackedLinear(weight, b, rows=rows)
+    assert layer.onednn == (rows > 1)
+    for shape in [(1, 40), (rows, 40), (2, 5, 40), (3, 16, 40)]:
+        x = torch.randn(shape, generator=gen)
+        torch.testing.assert_close(layer(x), F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="float32 CPU weights"):
+        fast.PackedLinear(weight.double(), None, rows=rows)
+
+
+@needs_onednn
+def test_prepacked_weights_are_a_copy_close_to_the_model(models):
+    model = models["rotary_block_causal"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    packed = fast.prepack_weights(model, rows=8)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert isinstance(model.head, torch.nn.Linear) and isinstance(packed.head, fast.PackedLinear)
+    ids = torch.randint(0, V, (2, L), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids), model(ids), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_prepacked_ar_decoding_at_batch_one_writes_the_tokens_of_sample_ar(models):
+    """Batch 1 takes the transposed-weight path (batch 3, above, takes oneDNN's)."""
+    options = dict(CPU_AR_STAGES)["prepacked_weights"]
+    for kind in ("causal", "rotary_causal"):
+        decoder = fast.FastARDecoder(models[kind], options=options)
+        assert not decoder.model.head.onednn
+        for seed in range(3):
+            kwargs = dict(prompt=torch.tensor([[seed + 1]]), n_tokens=L - 1)
+            expected = sampling.sample_ar(
+                models[kind], generator=torch.Generator().manual_seed(seed), **kwargs
+            )
+            got = decoder(generator=torch.Generator().manual_seed(seed), **kwargs)
+            assert torch.equal(got, expected), (kind, seed)
+
+
+def test_default_options_pack_only_what_can_be_packed(models):
+    packable = not fast.packing_problem()
+    sampler = fast.FastDiffusionSampler(models["block_causal"], length=L)
+    assert sampler.options.prepacked_weights == packable
+    assert isinstance(sampler.model.head, fast.PackedLinear) == packable
+    assert sampler.model is not models["block_causal"] or not packable
+    wide = make("block_causal", torch.float64)
+    assert not fast.FastDiffusionSampler(wide, length=L).options.prepacked_weights
+    assert not fast.FastARDecoder(make("causal", torch.float64)).options.prepacked_weights
+
+
+def test_prepacked_weights_are_refused_where_they_cannot_run(models, monkeypatch):
+    options = fast.DiffusionOptimizations()  # prepacked_weights is on by default
+    with pytest.raises(ValueError, match="packs float32 weights"):
+        fast.FastDiffusionSampler(make("block_causal", torch.float64), length=L, options=options)
+    with pytest.raises(ValueError, match="do not combine"):
+        fast.FastARDecoder(models["causal"], options=fast.AROptimizations(compile=True))
+    monkeypatch.setattr(fast, "packing_problem", lambda: "no oneDNN in this build")
+    assert "prepacked_weights" not in dict(fast.stages_for("cpu"))
+    assert not any(options.prepacked_weights for _, options in fast.stages_for("cpu"))
+    with pytest.raises(ValueError, match="no oneDNN in this build"):
+        fast.FastDiffusionSampler(models["block_causal"], length=L, options=options)
 
 
 def test_gpu_switches_are_refused_on_a_cpu_with_a_reason(models):
