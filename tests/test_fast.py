@@ -227,23 +227,22 @@ def test_prepacked_ar_decoding_at_batch_one_writes_the_tokens_of_sample_ar(model
             assert torch.equal(got, expected), (kind, seed)
 
 
-def test_default_options_pack_only_what_can_be_packed(models):
-    packable = not fast.packing_problem()
+def test_prepacked_weights_are_asked_for_not_assumed(models):
+    """Their tokens are checked, not guaranteed: off unless asked for, like compile."""
+    assert not fast.DiffusionOptimizations().prepacked_weights
+    assert not fast.AROptimizations().prepacked_weights
     sampler = fast.FastDiffusionSampler(models["block_causal"], length=L)
-    assert sampler.options.prepacked_weights == packable
-    assert isinstance(sampler.model.head, fast.PackedLinear) == packable
-    assert sampler.model is not models["block_causal"] or not packable
-    wide = make("block_causal", torch.float64)
-    assert not fast.FastDiffusionSampler(wide, length=L).options.prepacked_weights
-    assert not fast.FastARDecoder(make("causal", torch.float64)).options.prepacked_weights
+    assert sampler.model is models["block_causal"]
 
 
 def test_prepacked_weights_are_refused_where_they_cannot_run(models, monkeypatch):
-    options = fast.DiffusionOptimizations()  # prepacked_weights is on by default
+    options = fast.DiffusionOptimizations(prepacked_weights=True)
     with pytest.raises(ValueError, match="packs float32 weights"):
         fast.FastDiffusionSampler(make("block_causal", torch.float64), length=L, options=options)
     with pytest.raises(ValueError, match="do not combine"):
-        fast.FastARDecoder(models["causal"], options=fast.AROptimizations(compile=True))
+        fast.FastARDecoder(
+            models["causal"], options=fast.AROptimizations(prepacked_weights=True, compile=True)
+        )
     monkeypatch.setattr(fast, "packing_problem", lambda: "no oneDNN in this build")
     assert "prepacked_weights" not in dict(fast.stages_for("cpu"))
     assert not any(options.prepacked_weights for _, options in fast.stages_for("cpu"))
