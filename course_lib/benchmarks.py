@@ -624,6 +624,7 @@ def _cpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
         steps_per_block=16,
         stages=stages,
     )
+    # the headline: the last stage, and the one before it to show what the last one buys
     design = _random_model(SHAPES["design"], "block_causal", device)
     for strategy in ("confidence", "ancestral"):
         diffusion_rows(
@@ -633,8 +634,15 @@ def _cpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
             length=256,
             steps_per_block=16,
             strategy=strategy,
-            stages=final,
+            stages=_without_compile(stages)[-2:],
         )
+    ar_rows(
+        suite,
+        _random_model(SHAPES["design"], "causal", device),
+        section="headline: AR, DESIGN.md's 10.8M baseline shape",
+        n_tokens=255,
+        stages=_without_compile(_stages(device, fast.AR_STAGES, compile))[-2:],
+    )
     mdlm = _random_model(SHAPES["small"], "bidirectional", device)
     diffusion_rows(
         suite,
@@ -709,7 +717,7 @@ def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
         batches=(1, 2) if smoke else (1, 16, 64),
         full_batches=(1,) if smoke else (1, 8),
     )
-    quality_rows(suite, batch_size=16)
+    quality_rows(suite, batch_size=2 if smoke else 16)  # smoke: the code, not the numbers
     if compile:  # last: the slowest rows, and the ones most likely to need a retry
         diffusion_rows(
             suite,
@@ -748,8 +756,9 @@ def run_suite(
 
     - "quick": tiny random models, every code path, seconds (the tests run it).
     - "cpu": a few minutes on 2 CPU cores: the fast samplers' stages one by one against
-      the references (bd3lm-small and ar-small shapes), the headline comparison at
-      DESIGN.md's 10.8M-parameter, 256-token baseline shape, MDLM ancestral, batch sizes, and
+      the references (bd3lm-small and ar-small shapes), the headline comparisons (block
+      diffusion and AR) at DESIGN.md's 10.8M-parameter, 256-token baseline shape with the
+      last two stages, MDLM ancestral, batch sizes, and
       speed with quality for the shipped checkpoints.
     - "gpu": a few minutes on one GPU: `roofline.measure_ceilings`, the stages with bf16,
       CUDA graphs and torch.compile (compile time apart), batch sweeps, AR decode vs
