@@ -46,10 +46,10 @@ The diffusion switches, in the order the stages add them:
 - prepacked_weights (CPU): every Linear's weight is laid out once, when the sampler is
   built, for the matmul kernel that reads it every step (`PackedLinear`): oneDNN's blocked
   layout when a step scores several rows, a transposed copy for one row (a matrix-vector
-  product over contiguous memory). PyTorch's default CPU matmul is the BLAS's, which
-  rearranges the weight on every call and, on AMD processors, runs MKL's 256-bit kernels;
-  oneDNN generates its kernels for the CPU it finds (AVX-512 where there is one). Its sums
-  run in another order, so logits move in the last bits: its tokens are checked, not assumed.
+  product over contiguous memory). PyTorch's default CPU matmul is MKL's, tuned first for
+  Intel processors; oneDNN generates its kernels for the CPU it finds (AVX-512 where there
+  is one; notebook 09 times both). Its sums run in another order, so logits move in the last
+  bits: its tokens are checked, not assumed.
 - bf16 (CUDA): a bfloat16 copy of the weights (as gpt-fast keeps them: a decode step reads
   every weight, so their bytes are its time) and bfloat16 autocast; SDPA then runs its
   fused flash / memory-efficient kernels.
@@ -218,13 +218,11 @@ def _working_model(model: Transformer, options, rows: int) -> Transformer:
 class PackedLinear(nn.Module):
     """`F.linear(x, weight, bias)` for inference on a CPU, its weight laid out once.
 
-    A BLAS matmul rearranges ("packs") the weight into the order its inner kernel reads on
-    every call; at a few rows per call that costs about as much as the multiply. Here the
-    layout is fixed when the layer is built, for calls of about `rows` rows (any number
+    The layout is fixed when the layer is built, for calls of about `rows` rows (any number
     works): with one row, the weight transposed to (in, out), so `addmm` is a
     matrix-vector product over contiguous memory; with more, oneDNN's blocked layout
     (`torch.ops.mkldnn`, what torch.compile's CPU weight freezing uses), multiplied by
-    kernels oneDNN generates for this CPU. Outputs equal `F.linear`'s up to the order of
+    kernels oneDNN generates for this CPU, with no per-call repacking of the weight. Outputs equal `F.linear`'s up to the order of
     the float32 sums (a relative difference of about 1e-6). Inference only: no gradients.
     """
 
