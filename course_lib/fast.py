@@ -188,8 +188,6 @@ def _check_options(options, model: Transformer) -> None:
                 f"prepacked_weights lays weights out for oneDNN's CPU kernels; this model is "
                 f"on {device}: turn it off (on a GPU, bf16 is the weights' speed-up)"
             )
-        if packing_problem():
-            raise ValueError(f"prepacked_weights cannot run here: {packing_problem()}")
         if parameter.dtype != torch.float32:
             raise ValueError(
                 f"prepacked_weights packs float32 weights, this model is {parameter.dtype}: "
@@ -200,6 +198,8 @@ def _check_options(options, model: Transformer) -> None:
                 "prepacked_weights and compile do not combine: inductor cannot lower oneDNN's "
                 "packed weights; turn one of them off"
             )
+        if packing_problem():
+            raise ValueError(f"prepacked_weights cannot run here: {packing_problem()}")
 
 
 def _working_model(model: Transformer, options, rows: int) -> Transformer:
