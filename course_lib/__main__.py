@@ -16,7 +16,6 @@ from pathlib import Path
 
 def _train(args: argparse.Namespace) -> int:
     from course_lib import env, presets, train
-    from course_lib.model import Transformer
 
     overrides = {
         k: v for k, v in (("steps", args.steps), ("precision", args.precision)) if v is not None
@@ -24,7 +23,7 @@ def _train(args: argparse.Namespace) -> int:
     preset = presets.get_preset(args.preset, **overrides)
     out_dir = args.out or preset.out_dir
     env.seed_everything(preset.train.seed)
-    model = Transformer(preset.model)
+    model = presets.initial_model(preset)
     source = train.TextBatches(preset.corpus, preset.train.seq_len)
     print(f"preset {preset.name}: {preset.description}")
     print(

@@ -146,14 +146,31 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> dict:
     return payload
 
 
-def load_weights(model: Transformer, payload: dict, *, source: str = "checkpoint") -> None:
-    """Copy a checkpoint's weights into `model`, refusing a checkpoint of another shape."""
+# ModelConfig fields that decide how a model attends, not the shapes of its weights
+ATTENTION_FIELDS = ("attention", "block_len")
+
+
+def load_weights(
+    model: Transformer,
+    payload: dict,
+    *,
+    source: str = "checkpoint",
+    other_attention: bool = False,
+) -> None:
+    """Copy a checkpoint's weights into `model`, refusing a checkpoint of another shape.
+
+    `other_attention=True` accepts a checkpoint that attends differently (e.g. an AR model's
+    weights as the start of a block-diffusion model, notebook 12's AR-initialised runs):
+    the weights have the same shapes, only the mask differs.
+    """
     model = getattr(model, "module", model)
     # a field added to ModelConfig after a checkpoint was saved had its default value then
     saved = {f.name: f.default for f in fields(ModelConfig)} | payload["config"]
     current = model.config.to_dict()
     different = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     different.pop("dropout", None)  # dropout is a training choice, not a shape
+    for name in ATTENTION_FIELDS if other_attention else ():
+        different.pop(name, None)
     if different:
         details = ", ".join(
             f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in different.items()

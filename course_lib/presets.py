@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from course_lib import env
-from course_lib.model import ModelConfig
+from course_lib import checkpoints, env
+from course_lib.model import ModelConfig, Transformer
 from course_lib.train import TrainConfig
 
 
@@ -21,6 +21,9 @@ class Preset:
     model: ModelConfig
     train: TrainConfig
     corpus: str = "pystdlib"
+    # a shipped checkpoint (data/checkpoints/NAME.pt) whose weights start the run, e.g. an AR
+    # model's for a block-diffusion model; None starts from random weights
+    init_from: str | None = None
 
     @property
     def out_dir(self):
@@ -108,6 +111,43 @@ register(
         train=replace(PRESETS["ar-small"].train, objective="bd3lm"),
     )
 )
+
+
+# -- notebook 12's levers: block diffusion started from the AR model, and shorter blocks ------
+
+_FINE_TUNE = replace(PRESETS["bd3lm-small"].train, steps=1500, lr=5e-4, warmup_steps=50)
+for _block in (4, 8, 16):
+    register(
+        Preset(
+            name=f"bd3lm-ar-b{_block}",
+            description=(
+                f"bd3lm-small's shape with blocks of {_block}, started from ar-small's weights "
+                "and fine-tuned with BD3-LM's loss for 1500 steps"
+            ),
+            model=replace(PRESETS["bd3lm-small"].model, block_len=_block),
+            train=_FINE_TUNE,
+            init_from="ar-small",
+        )
+    )
+register(
+    Preset(
+        name="bd3lm-b4",
+        description="bd3lm-small with blocks of 4, from random weights (the block-length lever)",
+        model=replace(PRESETS["bd3lm-small"].model, block_len=4),
+        train=PRESETS["bd3lm-small"].train,
+    )
+)
+
+
+def initial_model(preset: Preset) -> Transformer:
+    """The model a run of `preset` starts from: random weights, or `preset.init_from`'s."""
+    model = Transformer(preset.model)
+    if preset.init_from is not None:
+        path = env.DATA_DIR / "checkpoints" / f"{preset.init_from}.pt"
+        checkpoints.load_weights(
+            model, checkpoints.read_checkpoint(path), source=str(path), other_attention=True
+        )
+    return model
 
 
 def get_preset(name: str, **train_overrides) -> Preset:

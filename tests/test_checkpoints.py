@@ -164,6 +164,25 @@ def test_load_weights_names_the_mismatched_field(tmp_path):
     assert torch.equal(logits(with_dropout.eval()), logits(make()))
 
 
+def test_other_attention_takes_a_causal_models_weights_for_a_block_causal_one(tmp_path):
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", make())
+    payload = checkpoints.read_checkpoint(path)
+    block = Transformer(
+        ModelConfig(
+            context_len=32, n_layer=2, n_head=2, d_model=32, attention="block_causal", block_len=4
+        )
+    )
+    checkpoints.load_weights(block, payload, other_attention=True)
+    for name, weight in make().state_dict().items():
+        assert torch.equal(block.state_dict()[name], weight), name
+    # only how it attends may differ: another shape is still refused
+    wider = Transformer(
+        ModelConfig(context_len=32, n_layer=2, n_head=2, d_model=64, attention="bidirectional")
+    )
+    with pytest.raises(ValueError, match="d_model: checkpoint 32 vs model 64"):
+        checkpoints.load_weights(wider, payload, other_attention=True)
+
+
 def test_an_invalid_saved_config_is_a_value_error(tmp_path):
     path = checkpoints.save_checkpoint(tmp_path / "m.pt", make())
     payload = torch.load(path, weights_only=True)

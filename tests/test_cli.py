@@ -90,6 +90,21 @@ def test_presets_are_valid_and_overridable():
         presets.get_preset("ar-tiny", stpes=1)
 
 
+def test_an_init_from_preset_starts_from_the_shipped_weights():
+    from course_lib import env
+
+    for preset in presets.PRESETS.values():
+        if preset.init_from is None:
+            continue
+        start = presets.initial_model(preset)
+        shipped = checkpoints.load_checkpoint(
+            env.DATA_DIR / "checkpoints" / f"{preset.init_from}.pt"
+        )
+        assert start.config.attention != shipped.config.attention, preset.name
+        for name, weight in shipped.state_dict().items():
+            assert torch.equal(start.state_dict()[name], weight), (preset.name, name)
+
+
 # -- evaluate ----------------------------------------------------------------------------------
 
 
