@@ -10,7 +10,8 @@ The loop does not know what it trains. An *objective* turns a batch into a scala
 a synthetic distribution).
 
 Interrupting (Ctrl-C, or an error) saves a checkpoint of the last finished step; running the
-same call again resumes from it and reaches exactly the result of an uninterrupted run.
+same call again resumes from it and reaches exactly the result of an uninterrupted run. After
+a Ctrl-C the half-trained model is evaluated once more, so a notebook can carry on with it.
 """
 
 from __future__ import annotations
@@ -140,6 +141,12 @@ class TrainResult:
     def final_val_loss(self) -> float | None:
         rows = [r for r in self.history if "val_loss" in r]
         return rows[-1]["val_loss"] if rows else None
+
+    @property
+    def final_val_bits(self) -> float | None:
+        """Validation bits per token of the model as this call left it (None: not evaluated)."""
+        loss = self.final_val_loss
+        return None if loss is None else loss / math.log(2)
 
 
 @torch.no_grad()
@@ -279,7 +286,7 @@ def train(
             dist.barrier()
         result.checkpoint = ckpt_path
 
-    def log_evaluation() -> None:
+    def log_evaluation(**extra) -> None:
         """Evaluate the model after `step` steps and add a row to the history."""
         val = evaluate(model, source, cfg, loss_fn, device=device, autocast=autocast)
         elapsed = time.perf_counter() - t0
@@ -292,8 +299,22 @@ def train(
                 "lr": lr_at(step - 1, cfg),
                 # nan when this call has trained nothing yet (an evaluation finished on resume)
                 "tokens_per_s": tokens_seen / elapsed if tokens_seen else float("nan"),
+                **extra,
             }
         )
+
+    def evaluate_after_interrupt() -> None:
+        """Score the half-trained model, so the caller can go on with it (notebook 03).
+
+        The row is this call's only: the checkpoint, already saved, keeps the history of an
+        uninterrupted run. A second Ctrl-C skips the evaluation.
+        """
+        if result.history and result.history[-1]["step"] == step:
+            return
+        try:
+            log_evaluation(interrupted=True)
+        except KeyboardInterrupt:
+            pass
 
     def evaluates(s: int) -> bool:
         return s % cfg.eval_every == 0 or s == cfg.steps
@@ -338,6 +359,7 @@ def train(
         if rank == 0:
             where = f"; run the same call again to resume from {ckpt_path}" if ckpt_path else ""
             print(f"\ninterrupted at step {step}{where}")
+        evaluate_after_interrupt()
     except BaseException:
         save()  # nothing is lost: the last finished step is on disk
         raise

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_helpers import assert_correct, assert_not_attempted
 
 from course_lib import checks
 from course_lib.checks import CheckFailed
@@ -15,16 +16,10 @@ from course_lib.data import CharTokenizer
 from course_lib.model import ModelConfig
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError  # your code here
-
-
-def assert_right_and_stub(check, right, capsys) -> None:
-    """The right answer prints "correct" and returns True; the stub is "not attempted yet"."""
-    assert check(right) is True
-    assert "correct." in capsys.readouterr().out
-    assert check(stub) is False
-    assert "not attempted yet" in capsys.readouterr().out
+def assert_right_and_stub(check, answer, capsys) -> None:
+    """The right answer prints "correct"; the stub is "not attempted yet"."""
+    assert_correct(check, answer, capsys)
+    assert_not_attempted(check, capsys)
 
 
 def assert_fails(check, fn, hint: str) -> None:
@@ -351,3 +346,15 @@ def test_param_count_hints_are_unambiguous():
 
     values = list(_param_variants(ModelConfig()).values()) + [count(ModelConfig())]
     assert len(set(values)) == len(values)
+
+
+def test_a_verdict_shows_nothing_more_in_a_notebook():
+    """A cell that ends with a check shows the check's message, not a bare True or False."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from course_lib.checks._core import Verdict
+
+    formatter = InteractiveShell.instance().display_formatter
+    for verdict in (Verdict(True), Verdict(False)):
+        assert formatter.format(verdict) == ({}, {})
+    assert formatter.format(True)[0] == {"text/plain": "True"}  # what a bare bool would show

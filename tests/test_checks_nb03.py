@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_helpers import not_yet, right
 
 from course_lib import checks
 from course_lib.checks import CheckFailed
@@ -71,12 +72,12 @@ def stub(*args):
 
 @pytest.mark.parametrize("answer", [bits_right, bits_right_full_forward])
 def test_next_token_bits_accepts_right_answers(answer, capsys):
-    assert checks.check_next_token_bits(answer) is True
+    assert right(checks.check_next_token_bits(answer))
     assert "correct" in capsys.readouterr().out
 
 
 def test_next_token_bits_stub_is_not_attempted(capsys):
-    assert checks.check_next_token_bits(stub) is False
+    assert not_yet(checks.check_next_token_bits(stub))
     out = capsys.readouterr().out
     assert "not attempted yet" in out and "solutions" in out
 
@@ -135,12 +136,12 @@ def lr_constant(step, cfg):
 
 @pytest.mark.parametrize("answer", [lr_right, lr_at])
 def test_lr_schedule_accepts_right_answers(answer, capsys):
-    assert checks.check_lr_schedule(answer) is True
+    assert right(checks.check_lr_schedule(answer))
     assert "correct" in capsys.readouterr().out
 
 
 def test_lr_schedule_stub_is_not_attempted(capsys):
-    assert checks.check_lr_schedule(stub) is False
+    assert not_yet(checks.check_lr_schedule(stub))
     assert "not attempted yet" in capsys.readouterr().out
 
 
@@ -195,12 +196,12 @@ def temperature_float_list(logits, temperature):
 
 
 def test_temperature_accepts_the_right_answer(capsys):
-    assert checks.check_temperature_probs(temperature_right) is True
+    assert right(checks.check_temperature_probs(temperature_right))
     assert "correct" in capsys.readouterr().out
 
 
 def test_temperature_stub_is_not_attempted(capsys):
-    assert checks.check_temperature_probs(stub) is False
+    assert not_yet(checks.check_temperature_probs(stub))
     assert "not attempted yet" in capsys.readouterr().out
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_helpers import not_yet, right
 
 from course_lib import checks, diffusion
 from course_lib.checks import CheckFailed
@@ -28,9 +29,9 @@ def alpha_prime_right(t):
 
 
 def test_cosine_schedule_accepts_right_answers(capsys):
-    assert checks.check_cosine_schedule(alpha_right, alpha_prime_right) is True
+    assert right(checks.check_cosine_schedule(alpha_right, alpha_prime_right))
     schedule = diffusion.CosineSchedule()
-    assert checks.check_cosine_schedule(schedule.alpha, schedule.alpha_prime) is True
+    assert right(checks.check_cosine_schedule(schedule.alpha, schedule.alpha_prime))
     out = capsys.readouterr().out
     assert out.count("correct") == 2 and "1.2%" in out
 
@@ -39,7 +40,7 @@ def test_cosine_schedule_accepts_right_answers(capsys):
     ("alpha", "alpha_prime"), [(stub, stub), (alpha_right, stub), (stub, alpha_prime_right)]
 )
 def test_cosine_schedule_stub_is_not_attempted(alpha, alpha_prime, capsys):
-    assert checks.check_cosine_schedule(alpha, alpha_prime) is False
+    assert not_yet(checks.check_cosine_schedule(alpha, alpha_prime))
     out = capsys.readouterr().out
     assert "not attempted yet" in out and "04_forward_process_solutions" in out
 
@@ -155,12 +156,12 @@ def corrupt_reseeded(x0, t, alpha, mask_id, generator=None):
 
 @pytest.mark.parametrize("answer", [corrupt_right, corrupt_bernoulli, corrupt_library])
 def test_corrupt_accepts_right_answers(answer, capsys):
-    assert checks.check_corrupt(answer) is True
+    assert right(checks.check_corrupt(answer))
     assert "correct" in capsys.readouterr().out
 
 
 def test_corrupt_stub_is_not_attempted(capsys):
-    assert checks.check_corrupt(stub) is False
+    assert not_yet(checks.check_corrupt(stub))
     assert "not attempted yet" in capsys.readouterr().out
 
 
@@ -289,13 +290,13 @@ def loss_per_sequence(denoiser, x0, x_t, t, schedule, mask_id):
 
 @pytest.mark.parametrize("answer", [loss_right, loss_right_cross_entropy])
 def test_diffusion_loss_accepts_right_answers(answer, capsys):
-    assert checks.check_diffusion_loss(answer) is True
+    assert right(checks.check_diffusion_loss(answer))
     out = capsys.readouterr().out
     assert "correct" in out and "(loglinear)" in out and "(cosine)" in out
 
 
 def test_diffusion_loss_stub_is_not_attempted(capsys):
-    assert checks.check_diffusion_loss(stub) is False
+    assert not_yet(checks.check_diffusion_loss(stub))
     out = capsys.readouterr().out
     assert "not attempted yet" in out and "05_training_diffusion_solutions" in out
 
@@ -387,12 +388,12 @@ def times_one_per_batch(batch_size, generator=None, time_eps=diffusion.TIME_EPS)
 
 @pytest.mark.parametrize("answer", [times_right, times_library, times_float32])
 def test_times_accept_right_answers(answer, capsys):
-    assert checks.check_low_discrepancy_times(answer) is True
+    assert right(checks.check_low_discrepancy_times(answer))
     assert "correct" in capsys.readouterr().out
 
 
 def test_times_stub_is_not_attempted(capsys):
-    assert checks.check_low_discrepancy_times(stub) is False
+    assert not_yet(checks.check_low_discrepancy_times(stub))
     assert "not attempted yet" in capsys.readouterr().out
 
 

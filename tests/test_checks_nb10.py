@@ -1,6 +1,7 @@
 """Checks of notebook 10: right answers pass, stubs are "not attempted", typical mistakes get their hint."""
 
 import pytest
+from exercise_helpers import right
 
 from course_lib import checks
 
@@ -22,9 +23,9 @@ def stub(*args):
 
 
 def test_right_answers_pass_and_stubs_are_not_attempted(capsys):
-    assert checks.check_weight_flops_and_bytes(flops_and_bytes) is True
-    assert checks.check_attainable_flops(attainable) is True
-    assert checks.check_predict_step_seconds(step_seconds) is True
+    assert right(checks.check_weight_flops_and_bytes(flops_and_bytes))
+    assert right(checks.check_attainable_flops(attainable))
+    assert right(checks.check_predict_step_seconds(step_seconds))
     assert "correct" in capsys.readouterr().out
     assert not checks.check_weight_flops_and_bytes(stub)
     assert not checks.check_attainable_flops(stub)

@@ -174,6 +174,7 @@ def assert_same_run(model, state, reference):
 @pytest.mark.parametrize(
     ("where", "at", "error"),
     [
+        ("on_step", 2, KeyboardInterrupt()),  # before the first evaluation
         ("on_step", 6, KeyboardInterrupt()),  # between an evaluation and a checkpoint
         ("on_step", 8, KeyboardInterrupt()),  # right after a step that evaluates
         ("on_step", 5, KeyboardInterrupt()),  # right after a step that checkpoints
@@ -210,6 +211,36 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
         model, checkpoints.read_checkpoint(tmp_path / "last.pt")["train_state"], uninterrupted
     )
     assert without_timing(result.history) == without_timing(uninterrupted[1].history)
+
+
+def test_stopped_before_its_first_evaluation_a_run_still_reports_the_model_it_has(
+    tmp_path, source, noisy_objective
+):
+    """Notebook 03's cell reads `result.final_val_bits` after Ctrl-C at any step."""
+
+    def stop(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    model, result = run(tmp_path, source, on_step=stop)  # RESUME_CFG evaluates every 4 steps
+    assert result.interrupted and result.steps_done == 2
+    (row,) = result.history
+    assert row["step"] == 2 and row["interrupted"]
+    expected = train.evaluate(model, source, RESUME_CFG, noisy_ar_loss)
+    assert row["val_loss"] == pytest.approx(expected, rel=1e-6)
+    assert result.final_val_bits == pytest.approx(expected / math.log(2), rel=1e-6)
+    # the checkpoint keeps an uninterrupted run's history: the extra row is this call's only
+    assert checkpoints.read_checkpoint(tmp_path / "last.pt")["train_state"]["history"] == []
+
+
+def test_a_second_ctrl_c_skips_the_evaluation_after_an_interrupt(tmp_path, source, noisy_objective):
+    def stop(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    _, result = run(tmp_path, Interrupting(source, "val", 1, KeyboardInterrupt()), on_step=stop)
+    assert result.interrupted and result.steps_done == 2
+    assert result.history == [] and result.final_val_bits is None
 
 
 def test_a_finished_run_called_again_does_nothing(tmp_path, source, uninterrupted):

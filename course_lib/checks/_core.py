@@ -20,8 +20,25 @@ class CheckFailed(AssertionError):
     """The learner's answer is wrong; the message says how."""
 
 
-def run_check(name: str, solution_hint: str, test: Callable[[], str | None]) -> bool:
-    """Run `test`; report success, "not attempted yet" or the failure. Returns True if right.
+class Verdict(int):
+    """What a check returns: truthy when the answer is right, falsy when not attempted yet.
+
+    The check has already printed its message, so a notebook cell that ends with a check
+    shows nothing more (no bare True or False under it).
+    """
+
+    def __new__(cls, correct: bool) -> Verdict:
+        return super().__new__(cls, bool(correct))
+
+    def __repr__(self) -> str:
+        return "Verdict(correct)" if self else "Verdict(not attempted)"
+
+    def _ipython_display_(self) -> None:
+        """IPython shows nothing for a verdict: the check has already said it."""
+
+
+def run_check(name: str, solution_hint: str, test: Callable[[], str | None]) -> Verdict:
+    """Run `test`; report success, "not attempted yet" or the failure. Truthy if right.
 
     `test` calls the learner's function and raises `CheckFailed` on a wrong answer; it may
     return a sentence to print on success. `solution_hint` says where the solution lives.
@@ -33,9 +50,9 @@ def run_check(name: str, solution_hint: str, test: Callable[[], str | None]) -> 
             f"[{name}] not attempted yet: fill in the function above and run this cell again. "
             f"(Stuck? {solution_hint})"
         )
-        return False
+        return Verdict(False)
     print(f"[{name}] correct." + (f" {detail}" if detail else ""))
-    return True
+    return Verdict(True)
 
 
 def expect_close(
