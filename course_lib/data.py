@@ -195,7 +195,7 @@ def _load_pystdlib() -> Corpus:
         train=FILE_SEPARATOR.join(parts["train"]),
         val=FILE_SEPARATOR.join(parts["val"]),
         source=f"{len(PYSTDLIB_FILES) - len(missing)} standard-library files of Python "
-        f"{sysconfig.get_python_version()} under {root}",
+        f"{sysconfig.get_python_version()} (sysconfig's 'stdlib' folder)",
     )
 
 

@@ -28,6 +28,13 @@ REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 DATA_DIR: Path = Path(os.environ.get("COURSE_DATA_DIR", REPO_ROOT / "data")).resolve()
 
 
+def shown_path(path: str | Path) -> str:
+    """`path` as a notebook or a message prints it: relative to the course's folder when it
+    lies inside (`data/runs/ar-small`), so no output names the folders of one machine."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def get_device(name: str | None = None) -> torch.device:
     """The device the course runs on: `name`, else $COURSE_DEVICE, else CUDA, else CPU.
 

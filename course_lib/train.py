@@ -237,7 +237,7 @@ def train(
     if ckpt_path is not None and resume and ckpt_path.exists():
         step, last_loss = _restore(ckpt_path, model, optimizer, cfg, data_gen, loss_gen, result)
         if rank == 0 and progress:
-            print(f"resuming from {ckpt_path} at step {step}")
+            print(f"resuming from {env.shown_path(ckpt_path)} at step {step}")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -357,7 +357,11 @@ def train(
         save()
         result.interrupted = True
         if rank == 0:
-            where = f"; run the same call again to resume from {ckpt_path}" if ckpt_path else ""
+            where = (
+                f"; run the same call again to resume from {env.shown_path(ckpt_path)}"
+                if ckpt_path
+                else ""
+            )
             print(f"\ninterrupted at step {step}{where}")
         evaluate_after_interrupt()
     except BaseException:

@@ -1,16 +1,18 @@
 """Pictures of masked text: a noising explorer and a denoising player (notebooks 04 and 06).
 
-Each interactive view (an ipywidgets slider) comes with a static matplotlib figure of the same
-content, drawn by default, so a notebook also reads well where widgets do not run: on GitHub,
-in exported HTML, and under the test suite.
+Each interactive view (ipywidgets: a slider, and Play for the player) carries a picture of its
+first frame for where widgets cannot run (a notebook opened untrusted, GitHub, exported HTML),
+and comes with a static matplotlib figure of the whole story, drawn by default.
 
-Text is drawn on a character grid: a masked position is a grey cell, a token that the last
-step revealed is highlighted, every other character is printed as it is.
-"""
+Text is drawn on a fixed character grid, in the widgets and the figures alike: a masked
+position is a grey cell, a token that the last step revealed is highlighted, every other
+character is printed as it is (a newline as \u21b5), so nothing moves as tokens are revealed."""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -69,19 +71,37 @@ def draw_tokens(
         ax.set_title(title, fontsize=9, loc="left")
 
 
+_SHOWN = {"\n": "\u21b5", "\t": "\u2192", " ": "\u00a0"}  # newline, tab, space on the grid
+
+
 def _html(
-    ids: Sequence[int], tokenizer: CharTokenizer, previous: Sequence[int] | None = None
+    ids: Sequence[int],
+    tokenizer: CharTokenizer,
+    previous: Sequence[int] | None = None,
+    *,
+    width: int = 64,
 ) -> str:
-    parts = []
+    """The widgets' view of one sequence: the static figures' fixed grid, as HTML.
+
+    One cell per position, `width` to a row, so nothing moves when a masked newline is
+    revealed. A masked cell is a grey box of its own (a gap separates neighbours, so a run of
+    masks never merges into one bar); a cell this step revealed is highlighted.
+    """
+    cells = []
     for pos, i in enumerate(ids):
         if i == tokenizer.mask_id:
-            parts.append(f'<span style="background:{MASK_COLOR}">&nbsp;</span>')
+            cells.append(f'<span title="masked" style="background:{MASK_COLOR}"></span>')
             continue
-        text = html.escape(tokenizer.chars[i])
+        ch = tokenizer.chars[i]
+        style = "color:#999" if ch in "\n\t" else ""
         if previous is not None and previous[pos] == tokenizer.mask_id:
-            text = f'<span style="background:{NEW_COLOR}">{text}</span>'
-        parts.append(text)
-    return '<pre style="line-height:1.3; font-size:12px">' + "".join(parts) + "</pre>"
+            style += f";background:{NEW_COLOR}"
+        cells.append(f'<span style="{style}">{html.escape(_SHOWN.get(ch, ch))}</span>')
+    return (
+        f'<div style="display:grid; grid-template-columns:repeat({width}, 1.2ch); '
+        "grid-auto-rows:1.45em; gap:1px; font-family:monospace; font-size:12px; "
+        'line-height:1.45em; text-align:center">' + "".join(cells) + "</div>"
+    )
 
 
 def plot_noising(
@@ -153,28 +173,76 @@ def _widgets():
     return ipywidgets, display
 
 
+def _png(fig: plt.Figure) -> str:
+    """A figure as base64 PNG text (what a notebook stores), closing the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class WidgetWithPicture:
+    """Displays `widget`, with a picture of its first frame for where widgets cannot run.
+
+    JupyterLab draws the widget when it can; a notebook opened untrusted (a fresh clone),
+    GitHub and exported HTML show the picture instead of the widget's raw text.
+    """
+
+    def __init__(self, widget, picture: plt.Figure, description: str) -> None:
+        self.widget, self.png, self.description = widget, _png(picture), description
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        bundle = dict(self.widget._repr_mimebundle_())
+        bundle["image/png"] = self.png
+        bundle["text/plain"] = self.description
+        return bundle
+
+
+def _frame(ids: torch.Tensor, tokenizer: CharTokenizer, title: str, width: int) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(9, 0.22 * (-(-ids.numel() // width) + 2)), dpi=90)
+    draw_tokens(ax, ids, tokenizer, width=width, title=title)
+    fig.tight_layout()
+    return fig
+
+
+def _masked_caption(ids: torch.Tensor, tokenizer: CharTokenizer) -> str:
+    masked = int((ids == tokenizer.mask_id).sum())
+    return f"{masked} of {ids.numel()} positions masked"
+
+
 def noising_explorer(
     x0: torch.Tensor,
     corrupt: Callable[[torch.Tensor, float], torch.Tensor],
     *,
     tokenizer: CharTokenizer | None = None,
     static: bool = True,
+    width: int = 64,
 ) -> None:
     """A slider over t in [0, 1] showing `corrupt(x0, t)`; plus the static figure if `static`."""
     tokenizer = tokenizer or CharTokenizer()
     widgets, display = _widgets()
     if widgets is not None:
-        out = widgets.HTML()
+        out, caption = widgets.HTML(), widgets.Label()
         slider = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="t")
+        first = corrupt(x0, slider.value)
 
-        def update(change=None):
-            out.value = _html(corrupt(x0, slider.value).tolist(), tokenizer)
+        def update(change=None, xt=None):
+            xt = corrupt(x0, slider.value) if xt is None else xt
+            caption.value = f"t = {slider.value:.2f}: {_masked_caption(xt, tokenizer)}"
+            out.value = _html(xt.tolist(), tokenizer, width=width)
 
         slider.observe(update, names="value")
-        update()
-        display(widgets.VBox([slider, out]))
+        update(xt=first)
+        picture = _frame(first, tokenizer, caption.value, width)
+        display(
+            WidgetWithPicture(
+                widgets.VBox([slider, caption, out]),
+                picture,
+                "noising explorer: a slider over t (run the cell in JupyterLab to use it)",
+            )
+        )
     if static or widgets is None:
-        plot_noising(x0, corrupt, tokenizer=tokenizer)
+        plot_noising(x0, corrupt, tokenizer=tokenizer, width=width)
         plt.show()
 
 
@@ -183,24 +251,38 @@ def denoising_player(
     *,
     tokenizer: CharTokenizer | None = None,
     static: bool = True,
+    width: int = 64,
+    interval_ms: int = 250,
 ) -> None:
-    """A step slider over a recorded trajectory; plus the static figure if `static`."""
+    """Play, Pause and a step slider over a recorded trajectory (the masked count beside it);
+    plus the static figure if `static`."""
     tokenizer = tokenizer or CharTokenizer()
     if len(trajectory) == 0:
         raise ValueError("the trajectory is empty: sample with record=True")
     widgets, display = _widgets()
     if widgets is not None:
-        out = widgets.HTML()
-        slider = widgets.IntSlider(value=0, min=0, max=len(trajectory) - 1, description="step")
+        last = len(trajectory) - 1
+        out, caption = widgets.HTML(), widgets.Label()
+        slider = widgets.IntSlider(value=0, min=0, max=last, description="step")
+        play = widgets.Play(value=0, min=0, max=last, interval=interval_ms, description="play")
+        widgets.jslink((play, "value"), (slider, "value"))
 
         def update(change=None):
             k = slider.value
             prev = trajectory[k - 1].tolist() if k > 0 else None
-            out.value = _html(trajectory[k].tolist(), tokenizer, prev)
+            caption.value = f"step {k}/{last}: {_masked_caption(trajectory[k], tokenizer)}"
+            out.value = _html(trajectory[k].tolist(), tokenizer, prev, width=width)
 
         slider.observe(update, names="value")
         update()
-        display(widgets.VBox([slider, out]))
+        picture = _frame(trajectory[0], tokenizer, caption.value, width)
+        display(
+            WidgetWithPicture(
+                widgets.VBox([widgets.HBox([play, slider]), caption, out]),
+                picture,
+                "denoising player: Play and a step slider (run the cell in JupyterLab to use it)",
+            )
+        )
     if static or widgets is None:
-        plot_trajectory(trajectory, tokenizer=tokenizer)
+        plot_trajectory(trajectory, tokenizer=tokenizer, width=width)
         plt.show()

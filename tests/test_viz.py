@@ -69,3 +69,37 @@ def test_player_and_explorer_run_without_a_notebook():
     with pytest.raises(ValueError, match="empty"):
         viz.denoising_player([])
     plt.close("all")
+
+
+def test_the_widgets_grid_has_one_cell_per_position_whatever_is_masked():
+    x0 = torch.tensor(TOK.encode("a\nb\n" * 8))
+    for xt in (x0, _masked(x0, 2), torch.full_like(x0, TOK.mask_id)):
+        page = viz._html(xt.tolist(), TOK, width=8)
+        assert page.count("<span") == x0.numel()  # newlines are cells, never line breaks
+        assert page.count('title="masked"') == (xt == TOK.mask_id).sum().item()
+        assert "repeat(8," in page and "\n" not in page
+
+
+def test_widgets_carry_a_picture_and_the_player_has_play(monkeypatch):
+    ipywidgets = pytest.importorskip("ipywidgets")
+    shown = []
+    monkeypatch.setattr(viz, "_widgets", lambda: (ipywidgets, shown.append))
+    x0 = torch.tensor(TOK.encode("x = 1\n" * 4))
+    viz.noising_explorer(x0, lambda x, t: _masked(x, 2), static=False)
+    viz.denoising_player([_masked(x0, 1), _masked(x0, 2), x0], static=False)
+    explorer, player = shown
+    for view in shown:
+        bundle = view._repr_mimebundle_()
+        assert {"application/vnd.jupyter.widget-view+json", "image/png", "text/plain"} <= set(
+            bundle
+        )
+        assert "VBox" not in bundle["text/plain"]  # a sentence, not the widget's repr
+    plays = [w for w in player.widget.children[0].children if isinstance(w, ipywidgets.Play)]
+    sliders = [w for w in player.widget.children[0].children if isinstance(w, ipywidgets.IntSlider)]
+    assert plays and sliders and plays[0].max == sliders[0].max == 2
+    caption = player.widget.children[1]
+    assert caption.value == f"step 0/2: {x0.numel()} of {x0.numel()} positions masked"
+    sliders[0].value = 2  # what Play does in the browser, through the link
+    assert caption.value == f"step 2/2: 0 of {x0.numel()} positions masked"
+    assert "12 of 24 positions masked" in explorer.widget.children[1].value
+    plt.close("all")
