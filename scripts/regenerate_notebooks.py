@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import html
 import os
 import sys
 import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,8 +67,57 @@ def run_notebook(path: Path, *, fast: bool, timeout: int) -> float:
         os.environ.pop("COURSE_FAST", None)
         if saved is not None:
             os.environ["COURSE_FAST"] = saved
+    tidy(notebook)
     nbformat.write(notebook, path)
     return time.perf_counter() - start
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def tidy(notebook: nbformat.NotebookNode) -> None:
+    """What a learner should see on opening the saved notebook, untrusted or not.
+
+    - Each progress bar's text (what an untrusted notebook or GitHub shows) is its final
+      state, read from the saved widget state, not the 0% it had when it was displayed.
+    - The kernelspec is the installed kernel's own, so JupyterLab does not rewrite it on
+      opening and mark the notebook unsaved.
+    """
+    state = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            text = progress_bar_text(view["model_id"], state) if view else None
+            if text is not None:
+                output["data"]["text/plain"] = text
+    notebook.metadata["kernelspec"] = {
+        "display_name": KernelSpecManager().get_kernel_spec("python3").display_name,
+        "language": "python",
+        "name": "python3",
+    }
+
+
+def progress_bar_text(model_id: str, state: dict, width: int = 10) -> str | None:
+    """tqdm's text for the notebook progress bar `model_id` as the saved state left it.
+
+    tqdm draws a bar as an HBox of (HTML prefix, FloatProgress, HTML suffix); None for any
+    other widget.
+    """
+    box = state.get(model_id, {})
+    children = box.get("state", {}).get("children", [])
+    if box.get("model_name") != "HBoxModel" or len(children) != 3:
+        return None
+    prefix, bar, suffix = (state.get(c.removeprefix("IPY_MODEL_"), {}) for c in children)
+    names = [m.get("model_name") for m in (prefix, bar, suffix)]
+    if names != ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
+        return None
+    value, total = (float(bar["state"].get(k, 0)) for k in ("value", "max"))
+    filled = round(width * value / total) if total else 0
+    left, right = (
+        html.unescape(m["state"].get("value", "")).replace("\u2007", " ") for m in (prefix, suffix)
+    )
+    return f"{left}|{'#' * filled}{' ' * (width - filled)}|{right}"
 
 
 def save_figure(notebook_path: Path, marker: str, out: Path) -> bool:
