@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -72,6 +74,42 @@ def _package(module: str, purpose: str, required: bool = True) -> Check:
     return Check(module, "ok", getattr(imported, "__version__", "installed"))
 
 
+WIDGET_EXTENSION = "@jupyter-widgets/jupyterlab-manager"
+
+
+def _widget_extension() -> Check:
+    """Is JupyterLab's widget extension installed and enabled? Without it, progress bars freeze
+    as text and the sliders print their text, although `ipywidgets` imports fine."""
+    name = "widget extension"
+    try:
+        listing = subprocess.run(
+            [sys.executable, "-m", "jupyter", "labextension", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return Check(name, "warn", f"could not ask JupyterLab ({err})")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)  # drop the colours
+    line = next((ln for ln in text.splitlines() if WIDGET_EXTENSION in ln and " v" in ln), None)
+    if line is None:
+        return Check(
+            name,
+            "warn",
+            f"{WIDGET_EXTENSION} is not installed, so widgets show as text: "
+            "pip install -r requirements.txt (ipywidgets brings it), then restart JupyterLab",
+        )
+    if "disabled" in line.split() or "OK" not in line.split():
+        return Check(
+            name,
+            "warn",
+            f"{WIDGET_EXTENSION} is installed but not working ({' '.join(line.split()[1:])}), "
+            f"so widgets show as text: jupyter labextension enable {WIDGET_EXTENSION}, "
+            "then restart JupyterLab",
+        )
+    return Check(name, "ok", f"{WIDGET_EXTENSION} {line.split()[1]} enabled")
+
+
 def _data_dir() -> Check:
     try:
         env.DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -81,7 +119,7 @@ def _data_dir() -> Check:
         return Check(
             "data folder", "FAIL", f"cannot write to {env.DATA_DIR} ({err}); set COURSE_DATA_DIR"
         )
-    return Check("data folder", "ok", f"{env.DATA_DIR} is writable")
+    return Check("data folder", "ok", f"{env.shown_path(env.DATA_DIR)} is writable")
 
 
 def _corpus() -> Check:
@@ -116,7 +154,7 @@ def _checkpoints() -> Check:
         return Check(
             "checkpoints", "FAIL", f"damaged or missing: {bad}; git checkout data/checkpoints/"
         )
-    return Check("checkpoints", "ok", f"{len(manifest)} verified in {folder}")
+    return Check("checkpoints", "ok", f"{len(manifest)} verified in {env.shown_path(folder)}")
 
 
 def run_checks() -> list[Check]:
@@ -133,6 +171,7 @@ def run_checks() -> list[Check]:
         _package(
             "ipywidgets", "interactive sliders; static figures are shown without it", required=False
         ),
+        _widget_extension(),
         _package("nbval", "testing the notebooks", required=False),
         _data_dir(),
         _corpus(),

@@ -1,5 +1,7 @@
 """doctor: every check reports, and a broken data folder or checkpoint is a FAIL."""
 
+import json
+
 from course_lib import checkpoints, doctor, env
 from course_lib.model import ModelConfig, Transformer
 
@@ -30,3 +32,16 @@ def test_damaged_shipped_checkpoint_fails(tmp_path, monkeypatch):
     path.write_bytes(bytes(raw))
     check = doctor._checkpoints()
     assert check.status == "FAIL" and "m.pt" in check.detail
+
+
+def test_the_widget_extension_is_checked_in_jupyterlab_itself(tmp_path, monkeypatch):
+    """ipywidgets can import while JupyterLab's extension is off: the bars then freeze as text."""
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path))
+    check = doctor._widget_extension()
+    assert check.status == "ok" and "enabled" in check.detail
+    (tmp_path / "labconfig").mkdir()
+    disabled = {"disabledExtensions": {doctor.WIDGET_EXTENSION: True}}
+    (tmp_path / "labconfig" / "page_config.json").write_text(json.dumps(disabled))
+    check = doctor._widget_extension()
+    assert check.status == "warn"
+    assert f"jupyter labextension enable {doctor.WIDGET_EXTENSION}" in check.detail
