@@ -99,7 +99,7 @@ def _html(
         cells.append(f'<span style="{style}">{html.escape(_SHOWN.get(ch, ch))}</span>')
     return (
         f'<div style="display:grid; grid-template-columns:repeat({width}, 1.2ch); '
-        "grid-auto-rows:1.45em; gap:1px; font-family:monospace; font-size:12px; "
+        "grid-auto-rows:1.45em; gap:2px; font-family:monospace; font-size:12px; "
         'line-height:1.45em; text-align:center">' + "".join(cells) + "</div>"
     )
 
