@@ -12,7 +12,11 @@ they measure much later (notebooks 08-10).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -118,19 +122,53 @@ def profile(fn: Callable[[], object], *, row_limit: int = 15, sort_by: str | Non
     """Run `fn()` once under torch.profiler; its most expensive operators as a table.
 
     Notebook 09 starts here: before removing a cost, see where the time goes. Sorted by the
-    operators' own time on the CPU (on the GPU with CUDA, where kernels run).
+    operators' own time on the CPU (on the GPU with CUDA, where kernels run). The table is
+    narrow (an operator, its share, its own time, its calls) so it reads without wrapping.
     """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch_profile(activities=activities) as prof:
+    with _profiler_log_hidden(), torch_profile(activities=activities) as prof:
         fn()
         if cuda:
             torch.cuda.synchronize()
-    averages = prof.key_averages()
-    if sort_by is None and cuda:  # torch >= 2.4 says "device" where older releases said "cuda"
-        new_name = hasattr(averages[0], "self_device_time_total") if len(averages) else True
-        sort_by = "self_device_time_total" if new_name else "self_cuda_time_total"
-    return averages.table(sort_by=sort_by or "self_cpu_time_total", row_limit=row_limit)
+    where = "device" if cuda else "cpu"
+    key = sort_by or f"self_{where}_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total_us = sum(getattr(e, f"self_{where}_time_total") for e in rows) or 1.0
+    lines = [f"{'operator':<44} {'share':>6} {'self ' + where + ' time':>15} {'calls':>7}"]
+    for e in rows[:row_limit]:
+        own_us = getattr(e, f"self_{where}_time_total")
+        name = e.key if len(e.key) <= 44 else e.key[:41] + "..."
+        lines.append(f"{name:<44} {own_us / total_us:>6.1%} {own_us / 1e3:>12.2f} ms {e.count:>7}")
+    lines.append(f"{'all operators':<44} {1:>6.1%} {total_us / 1e3:>12.2f} ms")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _profiler_log_hidden():
+    """Keep the profiler's own log lines (written by C++ straight to file descriptor 2, e.g.
+    "USDT: ... profiler_start") out of a notebook's output; anything else written there
+    still comes through."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (an embedded interpreter): nothing to hide
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [
+                line
+                for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                if not line.startswith("USDT:")
+            ]
+            if kept:
+                sys.stderr.write("".join(kept))

@@ -133,7 +133,13 @@ def test_quality_rows_score_the_shipped_checkpoints(tmp_path, monkeypatch):
     assert {row["strategy"] for row in rows if "strategy" in row} >= {"confidence", "threshold"}
 
 
-def test_profile_names_the_operators_that_take_the_time():
+def test_profile_names_the_operators_that_take_the_time(capfd):
     model = Transformer(ModelConfig(context_len=16, n_layer=1, n_head=2, d_model=16)).eval()
     table = bench.profile(lambda: model(torch.zeros(1, 16, dtype=torch.long)), row_limit=5)
-    assert "aten::" in table and "Self CPU" in table
+    lines = table.splitlines()
+    assert "self cpu time" in lines[0] and "aten::" in lines[1]
+    assert len(lines) == 1 + 5 + 1 and lines[-1].startswith("all operators")
+    shares = [float(line.split()[-4].rstrip("%")) for line in lines[1:-1]]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.05
+    assert max(map(len, lines)) <= 80  # reads without wrapping in a notebook
+    assert "USDT" not in capfd.readouterr().err  # the profiler's own log stays out
