@@ -2,7 +2,7 @@
 
 Each suite times the reference and optimized samplers (diffusion and AR) with
 `bench.time_fn`, and writes the rows as JSON to data/results/ with the environment and the
-protocol of DESIGN.md: generated tokens only, warm-up excluded, median of several runs,
+course's speed protocol (notebook 00): generated tokens only, warm-up excluded, median of several runs,
 compile time apart, the same-output check and, for trained checkpoints, quality beside speed.
 Notebooks 09 and 10 read the results.
 """
@@ -43,7 +43,9 @@ PROTOCOL = {
 SHAPES = {
     "tiny": dict(context_len=32, n_layer=2, n_head=2, d_model=32),
     "small": dict(context_len=128, n_layer=4, n_head=4, d_model=256),  # the *-small presets
-    "design": dict(context_len=256, n_layer=6, n_head=6, d_model=384),  # DESIGN.md's baseline
+    "design": dict(
+        context_len=256, n_layer=6, n_head=6, d_model=384
+    ),  # the course's 10.8M baseline shape
     "gpt2-small": dict(context_len=512, n_layer=12, n_head=12, d_model=768),
 }
 GPU_SIZES = (  # for AR decode vs diffusion step throughput (random init, bf16)
@@ -630,7 +632,7 @@ def _cpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
         diffusion_rows(
             suite,
             design,
-            section="headline: block diffusion, DESIGN.md's 10.8M baseline shape",
+            section="headline: block diffusion, 10.8M shape (6x384, L=256)",
             length=256,
             steps_per_block=16,
             strategy=strategy,
@@ -639,7 +641,7 @@ def _cpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
     ar_rows(
         suite,
         _random_model(SHAPES["design"], "causal", device),
-        section="headline: AR, DESIGN.md's 10.8M baseline shape",
+        section="headline: AR, 10.8M shape (6x384, L=256)",
         n_tokens=255,
         stages=_without_compile(_stages(device, fast.AR_STAGES, compile))[-2:],
     )
@@ -757,7 +759,7 @@ def run_suite(
     - "quick": tiny random models, every code path, seconds (the tests run it).
     - "cpu": a few minutes on 2 CPU cores: the fast samplers' stages one by one against
       the references (bd3lm-small and ar-small shapes), the headline comparisons (block
-      diffusion and AR) at DESIGN.md's 10.8M-parameter, 256-token baseline shape with the
+      diffusion and AR) at the course's 10.8M-parameter, 256-token baseline shape with the
       last two stages, MDLM ancestral, batch sizes, and
       speed with quality for the shipped checkpoints.
     - "gpu": a few minutes on one GPU: `roofline.measure_ceilings`, the stages with bf16,

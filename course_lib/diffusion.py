@@ -269,9 +269,10 @@ def sample_times(
 ) -> torch.Tensor:
     """`batch_size` diffusion times in [time_eps, 1] (float64), one per sequence.
 
-    Low-discrepancy (MDLM's "antithetic" sampling; really a stratified one): one uniform u,
+    Low-discrepancy (VDM's sampler, Kingma et al. 2021, arXiv:2107.00630): one uniform u,
     and t_b = (u + b / B) mod 1 for b = 0..B-1, so exactly one time falls in each of B equal
-    strata. Each t_b is still uniform (the estimate stays unbiased) but the batch covers
+    strata. (MDLM's "antithetic" sampling stratifies too, with one uniform per example:
+    t_b = (u_b + b) / B.) Each t_b is still uniform (the estimate stays unbiased) but the batch covers
     [0, 1] evenly, which lowers the variance of the batch's loss. Draws one uniform (B if
     `low_discrepancy=False`) from `generator`.
     """

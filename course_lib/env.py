@@ -115,7 +115,7 @@ def bf16_speedup_on_cpu(size: int = 512, repeats: int = 5) -> float:
     """Measured float32-time / bfloat16-time of a `size`^3 matmul on this CPU (cached).
 
     A CPU without bfloat16 units emulates it, usually slower than float32; one with them
-    (DESIGN.md measured ~4x on an AVX-512 BF16 EPYC) runs it much faster.
+    (about 4x on the course's AVX-512 BF16 EPYC development machine) runs it much faster.
     """
 
     def best_time(dtype: torch.dtype) -> float:

@@ -1,9 +1,13 @@
-"""Rooflines: why AR decoding is memory-bound and diffusion compute-bound (notebook 10).
+"""Rooflines: when a decoding step is memory-bound, and why diffusion's extra positions are
+nearly free at batch 1 (notebook 10).
 
 A forward pass reads every weight once, however many positions it scores. An AR decode step
-scores one position per sequence, so it does ~2 FLOPs per weight read: its speed is set by
-memory bandwidth. A diffusion step scores a whole sequence per weight read: its speed is set
-by the arithmetic units, of which hardware has far more. This module puts numbers on that:
+scores one position per sequence, ~2 FLOPs per weight read: at batch 1 it sits far under the
+memory roof. A diffusion step scores many positions per weight read; over a few tens of
+positions it is still under the memory roof, so its extra positions cost almost nothing, and
+the speed-up over AR is (tokens committed per forward) x (AR step time / diffusion step time).
+Only as positions x batch grow does a step reach the ridge and become compute-bound.
+This module puts numbers on that:
 
 1. `measure_ceilings`: this machine's matmul FLOP/s per dtype, main-memory and cache-resident
    copy bandwidth, the bandwidth a matrix-vector product attains, and the fixed cost of a
