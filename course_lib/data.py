@@ -148,17 +148,20 @@ class Corpus:
         return f"Corpus({self.describe()})"
 
 
-CORPORA = ("pystdlib", "shakespeare")
+CORPORA = ("pystdlib", "pystdlib-all", "shakespeare")
 
 
 def load_corpus(name: str = "pystdlib") -> Corpus:
-    """Load a corpus by name: "pystdlib" (embedded, the default) or "shakespeare" (download).
+    """Load a corpus by name: "pystdlib" (embedded, the default), "pystdlib-all" (the judge's:
+    every standard-library file but the validation ones) or "shakespeare" (download).
 
     The synthetic sources of notebook 05 are sequence distributions, not text: see
     `course_lib.synthetic`.
     """
     if name == "pystdlib":
         return _load_pystdlib()
+    if name == "pystdlib-all":
+        return _load_pystdlib_all()
     if name == "shakespeare":
         return _load_shakespeare()
     raise ValueError(
@@ -196,6 +199,44 @@ def _load_pystdlib() -> Corpus:
         val=FILE_SEPARATOR.join(parts["val"]),
         source=f"{len(PYSTDLIB_FILES) - len(missing)} standard-library files of Python "
         f"{sysconfig.get_python_version()} (sysconfig's 'stdlib' folder)",
+    )
+
+
+def _load_pystdlib_all() -> Corpus:
+    """Every .py file of the standard library (tests included, site-packages not) except the
+    validation files, for training; pystdlib's validation split, unchanged.
+
+    Notebook 12's judge trains on it: about ten times pystdlib's training text, so it knows
+    Python better than the models it scores, and it never sees a validation file, nor a file
+    that shares a stretch of 300 characters or more with one.
+    """
+    base = _load_pystdlib()
+    root = Path(sysconfig.get_paths()["stdlib"])
+    held_out = {root / f"{stem}.py" for stem in PYSTDLIB_VAL_FILES}
+    # every 200-character stretch of the validation text: a training file that contains one
+    # holds a copy of validation code (wave.py's chunk reader is also chunk.py's), left out
+    window = 200
+    val_windows = {base.val[i : i + window] for i in range(len(base.val) - window + 1)}
+    texts = []
+    for path in sorted(root.rglob("*.py")):
+        if {"site-packages", "__pycache__"} & set(path.relative_to(root).parts):
+            continue
+        if path in held_out:
+            continue
+        try:
+            raw = path.read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError):  # a deliberately broken test file, say
+            continue
+        if any(text[i : i + window] in val_windows for i in range(0, len(text), window // 2)):
+            continue
+        texts.append(text)
+    return Corpus(
+        name="pystdlib-all",
+        train=FILE_SEPARATOR.join(texts),
+        val=base.val,
+        source=f"{len(texts)} standard-library files of Python {sysconfig.get_python_version()} "
+        "(every .py file but the validation ones), pystdlib's validation split",
     )
 
 

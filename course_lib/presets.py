@@ -139,6 +139,33 @@ register(
 )
 
 
+# -- notebook 12's judge: an AR model that knows more Python than the models it scores --------
+
+register(
+    Preset(
+        name="judge-ar",
+        description=(
+            "notebook 12's judge: an AR model of 6 layers, d=256, context 256, trained on every "
+            "standard-library file but the validation ones (about ten times pystdlib's text)"
+        ),
+        model=ModelConfig(context_len=256, n_layer=6, n_head=4, d_model=256, position="rotary"),
+        train=TrainConfig(
+            objective="ar",
+            steps=8000,
+            batch_size=32,
+            seq_len=256,
+            lr=2e-3,
+            warmup_steps=200,
+            eval_every=250,
+            eval_batches=8,
+            checkpoint_every=100,
+            seed=0,
+        ),
+        corpus="pystdlib-all",
+    )
+)
+
+
 def initial_model(preset: Preset) -> Transformer:
     """The model a run of `preset` starts from: random weights, or `preset.init_from`'s."""
     model = Transformer(preset.model)

@@ -276,3 +276,13 @@ def test_encode_corpus_gives_both_splits_as_long_tensors():
 def test_get_batch_rejects_bad_arguments(ids, batch_size, seq_len, match):
     with pytest.raises(ValueError, match=match):
         data.get_batch(ids, batch_size, seq_len)
+
+
+def test_the_judges_corpus_has_more_training_text_and_never_the_validation_text():
+    small, judge = data.load_corpus("pystdlib"), data.load_corpus("pystdlib-all")
+    assert judge.val == small.val  # the same held-out text for every model of the course
+    assert len(judge.train) > 5 * len(small.train)
+    # no stretch of the validation text appears in training (wave.py's chunk reader is also
+    # chunk.py's: that file is left out)
+    stretches = [small.val[i : i + 200] for i in range(0, len(small.val) - 200, 500)]
+    assert not [s for s in stretches if s in judge.train]

@@ -1,0 +1,84 @@
+"""The committed notebooks as a learner first sees them (on GitHub, or opened in JupyterLab).
+
+Their outputs come from `scripts/regenerate_notebooks.py` in default mode. These tests read the
+files only (nothing is run): what a reader meets before running anything must be clean.
+"""
+
+import json
+import re
+
+import pytest
+
+from course_lib import env
+
+NOTEBOOKS = sorted((env.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + sorted(
+    (env.REPO_ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*.ipynb")
+)
+# an absolute path of the machine that ran the notebook: /root/..., /home/x/..., /usr/lib/...
+MACHINE_PATH = re.compile(r"(?<![:\w/.])/(?:[\w.-]+/){2,}")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _outputs(notebook):
+    for index, cell in enumerate(notebook["cells"]):
+        for output in cell.get("outputs", []):
+            yield index, output
+
+
+def _text(output) -> str:
+    data = output.get("data", {})
+    return "".join(output.get("text", "")) + "".join(data.get("text/plain", ""))
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=lambda p: p.name)
+def notebook(request):
+    return json.loads(request.param.read_text())
+
+
+def test_there_are_notebooks_to_check():
+    assert len(NOTEBOOKS) >= 24  # 00-11 and their solutions
+
+
+def test_no_machine_paths_errors_or_stray_stderr(notebook):
+    for index, output in _outputs(notebook):
+        text = _text(output)
+        assert output["output_type"] != "error", f"cell {index} saved an error"
+        assert "Traceback" not in text, f"cell {index} shows a traceback"
+        assert not MACHINE_PATH.search(text), f"cell {index} shows a path: {text[:200]!r}"
+        if output.get("name") == "stderr":  # only progress bars may write there
+            assert re.search(r"\d+%\|", text), f"cell {index} wrote to stderr: {text[:200]!r}"
+
+
+def test_no_bare_true_or_false_under_a_cell(notebook):
+    for index, output in _outputs(notebook):
+        if output["output_type"] == "execute_result":
+            assert _text(output).strip() not in ("True", "False"), f"cell {index}"
+
+
+def test_widgets_show_a_picture_or_their_final_state_where_they_cannot_run(notebook):
+    """Untrusted (a fresh clone) or on GitHub, a widget's output is its picture or its text."""
+    for index, output in _outputs(notebook):
+        data = output.get("data", {})
+        if WIDGET_VIEW not in data:
+            continue
+        text = "".join(data.get("text/plain", ""))
+        assert not re.match(r"\w*Box\(children=", text), f"cell {index} shows a widget's repr"
+        if re.search(r"\d+/\d+ \[", text):  # a progress bar: its final state, not 0%
+            done, total = map(int, re.search(r"(\d+)/(\d+) \[", text).groups())
+            assert done > 0, f"cell {index}: a progress bar saved at 0: {text!r}"
+        else:
+            assert "image/png" in data, f"cell {index}: a widget without a picture"
+
+
+def test_no_nbval_directive_in_visible_source(notebook):
+    for index, cell in enumerate(notebook["cells"]):
+        assert "NBVAL" not in "".join(cell["source"]), f"cell {index}: use a cell tag instead"
+
+
+def test_the_kernelspec_is_the_installed_kernels_own(notebook):
+    """JupyterLab rewrites another display name on opening and marks the notebook unsaved."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = notebook["metadata"]["kernelspec"]
+    assert spec["name"] == "python3"
+    assert spec["display_name"] == KernelSpecManager().get_kernel_spec("python3").display_name
