@@ -139,6 +139,19 @@ register(
 )
 
 
+register(
+    Preset(
+        name="ar-draft",
+        description=(
+            "notebook 12's draft model for speculative decoding: 2 layers, d=128, ar-small's "
+            "data and context; cheap to run, often agrees with ar-small"
+        ),
+        model=ModelConfig(context_len=128, n_layer=2, n_head=2, d_model=128, position="rotary"),
+        train=replace(PRESETS["ar-small"].train, steps=2000),
+    )
+)
+
+
 # -- notebook 12's judge: an AR model that knows more Python than the models it scores --------
 
 register(
