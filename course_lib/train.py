@@ -311,10 +311,8 @@ def train(
         """
         if result.history and result.history[-1]["step"] == step:
             return
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             log_evaluation(interrupted=True)
-        except KeyboardInterrupt:
-            pass
 
     def evaluates(s: int) -> bool:
         return s % cfg.eval_every == 0 or s == cfg.steps
