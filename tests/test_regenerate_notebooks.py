@@ -80,3 +80,55 @@ def test_saves_the_readme_picture_from_its_cell(script, tmp_path):
     name, marker, picture = script.README_PICTURE
     assert script.save_figure(script.NOTEBOOKS / name, marker, tmp_path / "committed.png")
     assert picture.exists(), "docs/roofline.png (the README's picture) is missing"
+
+
+def _bar_state(model_id, value, total, left, right):
+    def model(name, **state):
+        return {"model_name": name, "state": state}
+
+    return {
+        model_id: model("HBoxModel", children=[f"IPY_MODEL_{model_id}{i}" for i in range(3)]),
+        f"{model_id}0": model("HTMLModel", value=left),
+        f"{model_id}1": model("FloatProgressModel", value=value, max=total),
+        f"{model_id}2": model("HTMLModel", value=right),
+    }
+
+
+def test_tidy_saves_each_progress_bars_final_state_and_the_installed_kernelspec(script):
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    state = _bar_state(
+        "bar", 400.0, 400.0, "train:\u2007100%", "\u2007400/400\u2007[02:41&lt;00:00]"
+    )
+    state.update(_bar_state("half", 5.0, 10.0, "eval:\u200750%", "\u20075/10"))
+    state["slider"] = {"model_name": "VBoxModel", "state": {"children": []}}
+    views = ["bar", "half", "slider"]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "x",
+            outputs=[
+                nbformat.v4.new_output(
+                    "display_data",
+                    data={
+                        script.WIDGET_VIEW: {"model_id": view},
+                        "text/plain": "train:   0%|          | 0/400",
+                    },
+                )
+                for view in views
+            ],
+        )
+    ]
+    nb.metadata["widgets"] = {script.WIDGET_STATE: {"state": state}}
+    nb.metadata["kernelspec"] = {
+        "display_name": "Python 3",
+        "language": "python",
+        "name": "python3",
+    }
+    script.tidy(nb)
+    texts = [o["data"]["text/plain"] for o in nb.cells[0].outputs]
+    assert texts[0] == "train: 100%|##########| 400/400 [02:41<00:00]"
+    assert texts[1] == "eval: 50%|#####     | 5/10"
+    assert texts[2] == "train:   0%|          | 0/400"  # not a progress bar: left alone
+    expected = KernelSpecManager().get_kernel_spec("python3").display_name
+    assert nb.metadata["kernelspec"]["display_name"] == expected
