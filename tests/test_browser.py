@@ -233,6 +233,10 @@ def test_notebook_04_opens_clean_runs_and_its_slider_moves_the_masks(lab, open_n
     name = _copy_notebook("04_forward_process.ipynb", lab[2])
     page = open_notebook(name)
     assert _settles_clean(page), "the notebook is marked unsaved once it has opened"
+    # unrun and untrusted (a fresh clone): the saved explorer shows its picture, not its text
+    saved = page.locator(".jp-CodeCell").filter(has_text="viz.noising_explorer(").first
+    assert saved.locator(".jp-OutputArea img").count() >= 1
+    assert "Box(" not in saved.locator(".jp-OutputArea").inner_text()
     _run_all(page)
     _wait_until_done(page)
     assert page.locator(ERROR).count() == 0
