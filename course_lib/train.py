@@ -236,6 +236,7 @@ def train(
     ckpt_path = Path(out_dir) / "last.pt" if out_dir is not None else None
     if ckpt_path is not None and resume and ckpt_path.exists():
         step, last_loss = _restore(ckpt_path, model, optimizer, cfg, data_gen, loss_gen, result)
+        result.checkpoint = ckpt_path  # also when the run had already finished
         if rank == 0 and progress:
             print(f"resuming from {env.shown_path(ckpt_path)} at step {step}")
     net = model

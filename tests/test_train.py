@@ -247,6 +247,7 @@ def test_a_finished_run_called_again_does_nothing(tmp_path, source, uninterrupte
     run(tmp_path, source)
     model, result = run(tmp_path, source)
     assert result.steps_done == 12
+    assert result.checkpoint == tmp_path / "last.pt"  # notebook 05 prints where it is
     assert_same_run(
         model, checkpoints.read_checkpoint(tmp_path / "last.pt")["train_state"], uninterrupted
     )
