@@ -33,6 +33,12 @@ def _grid(n_positions: int, width: int) -> list[tuple[int, int]]:
     return [(pos // width, pos % width) for pos in range(n_positions)]
 
 
+def _figure_size(n_positions: int, width: int, panels: int = 1) -> tuple[float, float]:
+    """Inches for `panels` grids of `n_positions` cells, `width` to a row (plus a title row)."""
+    rows = -(-n_positions // width)
+    return 9, 0.22 * (rows + 2) * panels
+
+
 def draw_tokens(
     ax: plt.Axes,
     ids: torch.Tensor | Sequence[int],
@@ -114,9 +120,7 @@ def plot_noising(
 ) -> plt.Figure:
     """Static figure: the text `x0` (L,) corrupted at each time in `ts`, one panel per t."""
     tokenizer = tokenizer or CharTokenizer()
-    fig, axes = plt.subplots(
-        len(ts), 1, figsize=(9, 0.22 * (-(-x0.numel() // width) + 2) * len(ts)), dpi=90
-    )
+    fig, axes = plt.subplots(len(ts), 1, figsize=_figure_size(x0.numel(), width, len(ts)), dpi=90)
     for ax, t in zip(axes if len(ts) > 1 else [axes], ts, strict=True):
         xt = corrupt(x0, t)
         frac = (xt == tokenizer.mask_id).float().mean().item()
@@ -145,7 +149,7 @@ def plot_trajectory(
     fig, axes = plt.subplots(
         len(picks),
         1,
-        figsize=(9, 0.22 * (-(-trajectory[0].numel() // width) + 2) * len(picks)),
+        figsize=_figure_size(trajectory[0].numel(), width, len(picks)),
         dpi=90,
     )
     axes = axes if len(picks) > 1 else [axes]
@@ -199,7 +203,7 @@ class WidgetWithPicture:
 
 
 def _frame(ids: torch.Tensor, tokenizer: CharTokenizer, title: str, width: int) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(9, 0.22 * (-(-ids.numel() // width) + 2)), dpi=90)
+    fig, ax = plt.subplots(figsize=_figure_size(ids.numel(), width), dpi=90)
     draw_tokens(ax, ids, tokenizer, width=width, title=title)
     fig.tight_layout()
     return fig
