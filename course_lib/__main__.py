@@ -5,6 +5,7 @@ ship --preset NAME    copy a finished run to data/checkpoints/NAME.pt (16-bit, i
 doctor                check that this machine is ready for the course
 bench --suite NAME    benchmark the samplers (quick, cpu, gpu); JSON in data/results/
 evaluate              held-out bits per character of the shipped checkpoints; JSON in data/results/
+frontier              diffusion against AR at matched quality (notebook 12); JSON in data/results/
 """
 
 from __future__ import annotations
@@ -96,6 +97,26 @@ def _bench(args: argparse.Namespace) -> int:
     errors = [row for row in result["rows"] if "error" in row]
     print(f"{len(result['rows'])} rows ({len(errors)} errors) in {result['wall_s']:.0f} s")
     return 1 if errors else 0
+
+
+def _frontier(args: argparse.Namespace) -> int:
+    import torch
+
+    from course_lib import frontier
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    frontier.run_frontier(
+        judge=args.judge,
+        ar=args.ar,
+        draft=args.draft,
+        diffusion=args.diffusion or frontier.DEFAULT_DIFFUSION,
+        n_samples=args.samples,
+        out=args.out,
+    )
+    return 0
 
 
 QUICK_WINDOWS = 16  # the slice every evaluation also records, which the tests reproduce
@@ -202,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cpu)")
     p.add_argument("--out", help="JSON file (default: data/results/checkpoint-metrics.json)")
     p.set_defaults(run=_evaluate)
+    p = commands.add_parser("frontier", help="diffusion against AR at matched quality")
+    p.add_argument("--judge", default="judge-ar", help="the checkpoint that scores the samples")
+    p.add_argument("--ar", default="ar-small", help="the AR model (and speculative target)")
+    p.add_argument("--draft", default="ar-draft", help="speculative decoding's draft model")
+    p.add_argument("--diffusion", action="append", help="a diffusion checkpoint (repeatable)")
+    p.add_argument("--samples", type=int, default=32, help="samples per row (default 32)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--out", help="JSON file (default: data/results/frontier-DEVICE.json)")
+    p.set_defaults(run=_frontier)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,496 @@
+"""The speed-quality frontier: diffusion against AR at matched quality (notebook 12).
+
+`python -m course_lib frontier` samples every shipped model under every sampler at several
+tokens per forward, one sequence at a time (batch 1), and writes one row per
+(model, sampler, setting) to data/results/frontier-cpu.json:
+
+- speed: tokens committed per forward of the model (for speculative decoding: per forward of
+  the target), and tokens/s on this CPU with the optimized samplers of notebook 09, timed on
+  the very calls that wrote the samples; beside it, tokens/s predicted for each catalog GPU
+  by notebook 10's roofline model for the same shapes and forward counts;
+- quality, by an independent judge (the `judge-ar` checkpoint, a larger AR model trained on
+  more text than the models it scores): generative perplexity with its standard error,
+  unigram entropy, the share of generated Python statements that parse, and the longest
+  run of characters a sample shares with the compared models' training text (memorisation).
+
+A setting has *matched quality* when its judge perplexity is at most `PPL_RATIO` times that
+of AR's own samples at temperature 1, and its entropy is within `ENTROPY_BITS` of theirs
+(a sampler that repeats likely characters lowers perplexity and entropy together). The
+verdict, computed from the rows by `verdict`, compares the fastest matched diffusion setting
+with plain AR and with speculative AR, on this CPU and predicted for each catalog GPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from course_lib import env
+from course_lib.model import ModelConfig, Transformer
+
+PPL_RATIO = 1.10  # matched: judge perplexity at most this times AR's (temperature 1)
+ENTROPY_BITS = 0.15  # matched: unigram entropy within this many bits of AR's
+REFERENCE = ("ar", {"temperature": 1.0})  # the sampler whose samples define "matched"
+DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral")
+DEFAULT_DIFFUSION = ("bd3lm-small", "mdlm-small")  # the shipped diffusion checkpoints compared
+
+PROTOCOL = {
+    "batch": "1: every sample is its own call, as one user's stream",
+    "tokens_per_s": "tokens written / process CPU seconds of the calls that wrote the "
+    "samples (one untimed warm-up call first), with the optimized samplers of notebook 09 "
+    "(fast.stages_for(device)'s last stage without compile) and speculative.sample_speculative",
+    "tokens_per_forward": "tokens written / forwards of the model (speculative: of the target; "
+    "block diffusion: denoising forwards plus the forward that commits each block)",
+    "predicted_tokens_per_s": "roofline.predict_sampling-style sums of predicted step times, "
+    "datasheet ceilings (hardware.CATALOG), bf16 (fp16 where a GPU has no bf16), no launch "
+    "overhead: an upper bound, reached only when each step is captured whole; the forward "
+    "counts are the measured ones",
+    "judge_ppl": "2 ** (mean over samples of the judge's bits per scored token); judge_ppl_se "
+    "by the delta method from the samples' standard deviation",
+    "entropy_bits": "metrics.unigram_entropy of all generated tokens pooled",
+    "validity": "metrics.python_validity: the share of complete generated statements that parse",
+    "longest_copy": "the longest run of characters a sample shares with the compared models' "
+    "training text (pystdlib's train split): max and median over samples",
+    "matched_quality": f"judge_ppl <= {PPL_RATIO} x that of AR's samples at temperature 1, and "
+    f"|entropy_bits - theirs| <= {ENTROPY_BITS}",
+}
+
+
+# -- quality -------------------------------------------------------------------------------
+
+
+def longest_shared_substring(sample: str, text: str) -> int:
+    """Length of the longest run of characters of `sample` that also occurs in `text`.
+
+    A sliding window over `sample`: extend it while its text occurs in `text`, drop its first
+    character when it does not. Every substring of a substring that occurs also occurs, so the
+    window never needs to shrink below the best length found: about 2 * len(sample) searches.
+    """
+    best, start = 0, 0
+    for end in range(1, len(sample) + 1):
+        while start < end and sample[start:end] not in text:
+            start += 1
+        best = max(best, end - start)
+    return best
+
+
+def judge_quality(
+    tokens: torch.Tensor,
+    judge: Transformer,
+    *,
+    prompt_len: int,
+    train_text: str,
+    decode: Callable[[list[int]], str],
+) -> dict:
+    """The quality fields of one sample set: `tokens` (n, L), the first `prompt_len` given."""
+    from course_lib import metrics
+
+    if tokens.dim() != 2 or tokens.shape[0] < 2:
+        raise ValueError(
+            f"tokens must be (n >= 2, L) to give a standard error, got {tuple(tokens.shape)}"
+        )
+    bits = torch.tensor(
+        [
+            math.log2(metrics.generative_perplexity(row, judge, prompt_len=prompt_len))
+            for row in tokens.cpu()
+        ],
+        dtype=torch.float64,
+    )
+    ppl = 2.0 ** bits.mean().item()
+    se = ppl * math.log(2) * bits.std().item() / math.sqrt(len(bits))
+    generated = tokens[:, prompt_len:].cpu()
+    texts = [decode(row) for row in generated.tolist()]
+    copies = [longest_shared_substring(text, train_text) for text in texts]
+    try:
+        validity = metrics.python_validity(texts)
+    except ValueError:  # not one complete statement to judge
+        validity = None
+    return {
+        "judge_ppl": ppl,
+        "judge_ppl_se": se,
+        "entropy_bits": metrics.unigram_entropy(generated),
+        "validity": validity,
+        "longest_copy_max": max(copies),
+        "longest_copy_median": statistics.median(copies),
+        "samples": tokens.shape[0],
+    }
+
+
+def is_matched(row: dict, reference: dict) -> bool:
+    """Matched quality: perplexity within PPL_RATIO of the reference's, entropy within ENTROPY_BITS."""
+    return (
+        row["judge_ppl"] <= PPL_RATIO * reference["judge_ppl"]
+        and abs(row["entropy_bits"] - reference["entropy_bits"]) <= ENTROPY_BITS
+    )
+
+
+# -- the settings and how each is sampled ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One frontier row's recipe: a checkpoint, a sampler and its knobs."""
+
+    model: str
+    sampler: str  # "ar", "speculative", or one of DIFFUSION_SAMPLERS
+    setting: dict = field(default_factory=dict)
+
+    def label(self) -> str:
+        knobs = ", ".join(f"{k}={v}" for k, v in self.setting.items())
+        return f"{self.model} {self.sampler} ({knobs})"
+
+
+def default_settings(
+    diffusion_models: dict[str, ModelConfig],
+    *,
+    ar: str = "ar-small",
+    draft: str | None = "ar-draft",
+    tokens_per_step: Sequence[int] = (1, 2, 4, 8),
+    thresholds: Sequence[float] = (0.9, 0.7, 0.5),
+    draft_lens: Sequence[int] = (2, 4),
+) -> list[Setting]:
+    """AR at temperatures 1.0 and 0.8, speculative AR, and every diffusion model under
+    confidence, threshold and ancestral decoding at several tokens per forward."""
+    settings = [Setting(ar, "ar", {"temperature": t}) for t in (1.0, 0.8)]
+    if draft is not None:
+        settings += [
+            Setting(ar, "speculative", {"draft": draft, "draft_len": n, "temperature": 1.0})
+            for n in draft_lens
+        ]
+    for name, config in diffusion_models.items():
+        block = config.block_len or config.context_len
+        steps = [block // k for k in tokens_per_step if block % k == 0 and k <= block]
+        settings += [
+            Setting(name, "confidence", {"steps_per_block": s, "confidence": "margin"})
+            for s in steps
+        ]
+        settings += [
+            Setting(
+                name,
+                "threshold",
+                {"steps_per_block": block, "threshold": t, "confidence": "margin"},
+            )
+            for t in thresholds
+        ]
+        settings += [Setting(name, "ancestral", {"steps_per_block": s}) for s in steps[:3]]
+    return settings
+
+
+@dataclass
+class _Draws:
+    """What the batch-1 calls of one setting wrote and cost."""
+
+    tokens: torch.Tensor  # (n, L)
+    prompt_len: int
+    n_tokens: int = 0  # written, all calls
+    forwards: int = 0  # of the model (target)
+    draft_forwards: int = 0
+    seconds: float = 0.0  # process CPU seconds, all timed calls
+
+
+def _draw(setting: Setting, models: dict[str, Transformer], n_samples: int, seed: int) -> _Draws:
+    """Sample `n_samples` sequences, one call each, after one untimed warm-up call."""
+    from course_lib import fast, speculative
+
+    model = models[setting.model]
+    device = next(model.parameters()).device
+    L = model.config.context_len
+    rows, written, forwards, draft_forwards, seconds = [], 0, 0, 0, 0.0
+    knobs = dict(setting.setting)
+    if setting.sampler == "ar":
+        stage = _last_stage(device, fast.AR_STAGES)
+        decoder = fast.FastARDecoder(model, options=stage)
+        prompt = torch.ones(1, 1, dtype=torch.long, device=device)  # a newline
+
+        def call(generator):
+            out = decoder(prompt=prompt, n_tokens=L - 1, generator=generator, **knobs)
+            return out[0], L - 1, L - 1, 0
+
+        prompt_len = 1
+    elif setting.sampler == "speculative":
+        draft = models[knobs.pop("draft")]
+        prompt = torch.ones(1, dtype=torch.long, device=device)
+
+        def call(generator):
+            out = speculative.sample_speculative(
+                model, draft, prompt=prompt, n_tokens=L - 1, generator=generator, **knobs
+            )
+            return out.tokens[0], out.n_tokens, out.target_forwards, out.draft_forwards
+
+        prompt_len = 1
+    else:
+        stage = _last_stage(device, fast.DIFFUSION_STAGES)
+        sampler = fast.FastDiffusionSampler(model, length=L, options=stage)
+        strategy = "confidence" if setting.sampler == "confidence" else setting.sampler
+
+        def call(generator):
+            out = sampler(strategy=strategy, generator=generator, **knobs)
+            return out.tokens[0], out.n_generated, out.nfe, 0
+
+        prompt_len = 0
+    call(torch.Generator(device=device).manual_seed(seed - 1))  # warm-up, untimed
+    for i in range(n_samples):
+        generator = torch.Generator(device=device).manual_seed(seed + i)
+        env.synchronize(device)
+        start = time.process_time()
+        tokens, n, f, d = call(generator)
+        env.synchronize(device)
+        seconds += time.process_time() - start
+        rows.append(tokens.cpu())
+        written, forwards, draft_forwards = written + n, forwards + f, draft_forwards + d
+    return _Draws(torch.stack(rows), prompt_len, written, forwards, draft_forwards, seconds)
+
+
+def _last_stage(device: torch.device, stages: list):
+    """The optimized sampler's last stage that runs here, compile left out (it has its own rows)."""
+    from course_lib import fast
+
+    return [o for _, o in fast.stages_for(device, stages) if not o.compile][-1]
+
+
+# -- what the roofline model predicts for the same shapes on each catalog GPU ---------------
+
+
+def gpu_dtype(spec) -> str:
+    return "bfloat16" if "bfloat16" in spec.flops else "float16"
+
+
+def predicted_seconds(
+    setting: Setting, models: dict[str, Transformer], draws: _Draws, ceilings, dtype: str
+) -> float:
+    """Predicted seconds of the forwards that wrote `draws`, on `ceilings` (one GPU's)."""
+    from course_lib import roofline
+
+    config = models[setting.model].config
+    L, n = config.context_len, draws.tokens.shape[0]
+
+    def step_s(cost) -> float:
+        return roofline.predict_step_time(cost, ceilings).total_s
+
+    if setting.sampler == "ar":
+        run = roofline.ARDecoding(1, L - 1)
+        return n * roofline.predict_sampling(config, run, ceilings, dtype=dtype).seconds
+    if setting.sampler == "speculative":
+        draft = models[setting.setting["draft"]].config
+        verify = roofline.forward_cost(
+            config,
+            batch_size=1,
+            new_tokens=setting.setting["draft_len"] + 1,
+            context=L // 2,
+            uses_cache=True,
+            dtype=dtype,
+        )
+        propose = roofline.ar_decode_step_cost(draft, batch_size=1, context=L // 2, dtype=dtype)
+        return draws.forwards * step_s(verify) + draws.draft_forwards * step_s(propose)
+    if config.attention == "block_causal":  # the mean cost of one call over the blocks
+        one_pass = roofline.BlockDiffusionSampling(1, L, config.block_len, 1, commit=True)
+    else:
+        one_pass = roofline.DiffusionSampling(1, L, 1)
+    per_call = roofline.predict_sampling(config, one_pass, ceilings, dtype=dtype)
+    return draws.forwards * per_call.seconds / per_call.n_calls
+
+
+# -- rows, the verdict, the file -------------------------------------------------------------
+
+
+def measure_row(
+    setting: Setting,
+    models: dict[str, Transformer],
+    judge: Transformer,
+    *,
+    n_samples: int,
+    train_text: str,
+    decode: Callable[[list[int]], str],
+    seed: int = 0,
+) -> dict:
+    """One frontier row: speed on this machine, predicted speed per GPU, quality by the judge."""
+    from course_lib import hardware, roofline
+
+    draws = _draw(setting, models, n_samples, seed)
+    predicted = {}
+    for name, spec in hardware.CATALOG.items():
+        ceilings = roofline.datasheet_ceilings(spec)
+        seconds = predicted_seconds(setting, models, draws, ceilings, gpu_dtype(spec))
+        predicted[name] = draws.n_tokens / seconds
+    row = {
+        "model": setting.model,
+        "sampler": setting.sampler,
+        "setting": setting.setting,
+        "tokens_per_forward": draws.n_tokens / draws.forwards,
+        "tokens_per_s": draws.n_tokens / draws.seconds,
+        "predicted_tokens_per_s": predicted,
+        "tokens": draws.n_tokens,
+        "forwards": draws.forwards,
+    }
+    if draws.draft_forwards:
+        row["draft_forwards"] = draws.draft_forwards
+    row |= judge_quality(
+        draws.tokens, judge, prompt_len=draws.prompt_len, train_text=train_text, decode=decode
+    )
+    row["sample_text"] = decode(draws.tokens[0, draws.prompt_len :].tolist())
+    return row
+
+
+def mark_matched(rows: list[dict]) -> dict:
+    """Set every row's `matched_quality` against AR's row at temperature 1; return that row."""
+    reference = next((r for r in rows if (r["sampler"], r["setting"]) == REFERENCE), None)
+    if reference is None:
+        raise ValueError("the rows need AR at temperature 1.0: it defines matched quality")
+    for row in rows:
+        row["matched_quality"] = is_matched(row, reference)
+    return reference
+
+
+def _fastest(rows: list[dict], speed: Callable[[dict], float]) -> dict | None:
+    return max(rows, key=speed, default=None)
+
+
+def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
+    """The fastest matched diffusion setting against plain AR and speculative AR, on this
+    machine ("cpu") and predicted for each GPU in `gpus`."""
+    reference = mark_matched(rows)
+    diffusion = [r for r in rows if r["sampler"] in DIFFUSION_SAMPLERS]
+    matched = [r for r in diffusion if r["matched_quality"]]
+    speculative = [r for r in rows if r["sampler"] == "speculative" and r["matched_quality"]]
+    closest = min(diffusion, key=lambda r: r["judge_ppl"], default=None)
+
+    def compare(speed: Callable[[dict], float]) -> dict:
+        best = _fastest(matched, speed)
+        best_spec = _fastest(speculative, speed)
+        out = {
+            "ar_tokens_per_s": speed(reference),
+            "speculative_tokens_per_s": speed(best_spec) if best_spec else None,
+            "speculative": _describe(best_spec),
+            "diffusion": _describe(best),
+            "diffusion_tokens_per_s": speed(best) if best else None,
+        }
+        if best:
+            out["speedup_vs_ar"] = speed(best) / speed(reference)
+            if best_spec:
+                out["speedup_vs_speculative"] = speed(best) / speed(best_spec)
+        out["diffusion_wins"] = bool(
+            best and out["speedup_vs_ar"] > 1 and out.get("speedup_vs_speculative", 2) > 1
+        )
+        return out
+
+    result = {
+        "reference": _describe(reference),
+        "reference_judge_ppl": reference["judge_ppl"],
+        "reference_entropy_bits": reference["entropy_bits"],
+        "matched_diffusion_rows": len(matched),
+        "diffusion_rows": len(diffusion),
+        "closest_diffusion": _describe(closest),
+        "closest_ppl_ratio": closest["judge_ppl"] / reference["judge_ppl"] if closest else None,
+        "cpu": compare(lambda r: r["tokens_per_s"]),
+        "gpus": {g: compare(lambda r, g=g: r["predicted_tokens_per_s"][g]) for g in gpus},
+    }
+    result["sentence"] = _sentence(result)
+    return result
+
+
+def _describe(row: dict | None) -> str | None:
+    if row is None:
+        return None
+    return Setting(row["model"], row["sampler"], row["setting"]).label()
+
+
+def _sentence(v: dict) -> str:
+    cpu = v["cpu"]
+    if not v["matched_diffusion_rows"]:
+        return (
+            f"No diffusion setting matches AR's quality: of {v['diffusion_rows']} diffusion rows, "
+            f"the closest ({v['closest_diffusion']}) has {v['closest_ppl_ratio']:.2f}x AR's judge "
+            f"perplexity (matched needs at most {PPL_RATIO:.2f}x). AR stays the fastest way to "
+            "write text of its quality here."
+        )
+    won = [g for g, c in v["gpus"].items() if c["diffusion_wins"]]
+    return (
+        f"The fastest matched diffusion setting ({cpu['diffusion']}) writes "
+        f"{cpu['diffusion_tokens_per_s']:.0f} tokens/s on this machine, "
+        f"{cpu['speedup_vs_ar']:.2f}x plain AR"
+        + (
+            f" and {cpu['speedup_vs_speculative']:.2f}x speculative AR"
+            if "speedup_vs_speculative" in cpu
+            else ""
+        )
+        + f"; predicted to beat both on {len(won)} of {len(v['gpus'])} catalog GPUs."
+    )
+
+
+def run_frontier(
+    *,
+    judge: str = "judge-ar",
+    ar: str = "ar-small",
+    draft: str | None = "ar-draft",
+    diffusion: Sequence[str] = DEFAULT_DIFFUSION,
+    n_samples: int = 32,
+    out: str | Path | None = None,
+    settings: Sequence[Setting] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Measure every setting with the checkpoints in data/checkpoints/ and write the frontier.
+
+    Missing checkpoints are named in the error. Batch 1 on this machine's device; the
+    optimized samplers' last stage; quality by `judge`. `settings` defaults to
+    `default_settings` for the models given.
+    """
+    from course_lib import checkpoints, data, hardware
+
+    device = env.get_device()
+    names = {judge, ar, *diffusion} | ({draft} if draft else set())
+    folder = env.DATA_DIR / "checkpoints"
+    missing = sorted(n for n in names if not (folder / f"{n}.pt").exists())
+    if missing:
+        raise FileNotFoundError(
+            f"the frontier needs {missing} in {folder}: train them "
+            "(python -m course_lib train --preset NAME) and ship them (python -m course_lib ship)"
+        )
+    models = {n: checkpoints.load_checkpoint(folder / f"{n}.pt", device=device) for n in names}
+    if settings is None:
+        settings = default_settings({n: models[n].config for n in diffusion}, ar=ar, draft=draft)
+    tokenizer = data.CharTokenizer()
+    train_text = data.load_corpus("pystdlib").train
+    manifest = checkpoints.read_manifest(folder)
+    out = Path(out) if out else env.DATA_DIR / "results" / f"frontier-{device.type}.json"
+    result = {
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "environment": env.describe_environment(device),
+        "protocol": {
+            **PROTOCOL,
+            "samples_per_row": n_samples,
+            "threads": torch.get_num_threads(),
+            "judge": {"checkpoint": f"{judge}.pt", **manifest.get(f"{judge}.pt", {})},
+        },
+        "rows": [],
+    }
+    start = time.perf_counter()
+    for setting in settings:
+        log(f"  {setting.label()}")
+        row = measure_row(
+            setting,
+            models,
+            models[judge],
+            n_samples=n_samples,
+            train_text=train_text,
+            decode=tokenizer.decode,
+        )
+        result["rows"].append(row)
+        log(
+            f"    {row['tokens_per_forward']:.2f} tokens/forward, {row['tokens_per_s']:.0f} "
+            f"tokens/s, judge perplexity {row['judge_ppl']:.2f} ± {row['judge_ppl_se']:.2f}, "
+            f"entropy {row['entropy_bits']:.2f} bits"
+        )
+    result["verdict"] = verdict(result["rows"], list(hardware.CATALOG))
+    result["wall_s"] = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    log(result["verdict"]["sentence"])
+    return result

@@ -1,0 +1,170 @@
+"""frontier: quality by the judge, matched quality, the verdict, and one row end to end."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from course_lib import __main__ as cli
+from course_lib import data, frontier, hardware, metrics, roofline
+from course_lib.model import ModelConfig, Transformer
+
+
+def _brute_longest(sample: str, text: str) -> int:
+    return max(
+        (
+            j - i
+            for i in range(len(sample))
+            for j in range(i + 1, len(sample) + 1)
+            if sample[i:j] in text
+        ),
+        default=0,
+    )
+
+
+def test_longest_shared_substring_agrees_with_brute_force():
+    rng = random.Random(0)
+    for _ in range(200):
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+        sample = "".join(rng.choice("abcd") for _ in range(rng.randint(0, 12)))
+        assert frontier.longest_shared_substring(sample, text) == _brute_longest(sample, text)
+    assert frontier.longest_shared_substring("def main():", "x = 1\ndef main():\n") == 11
+
+
+def _tiny(attention="causal", block_len=None, seed=0, context_len=16):
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        context_len=context_len,
+        n_layer=1,
+        n_head=2,
+        d_model=32,
+        attention=attention,
+        block_len=block_len,
+    )
+    return Transformer(config).eval()
+
+
+def test_judge_perplexity_is_the_pooled_perplexity_and_its_error_shrinks_with_samples():
+    judge = _tiny(seed=1)
+    tokenizer = data.CharTokenizer()
+    tokens = torch.randint(0, 98, (40, 16), generator=torch.Generator().manual_seed(0))
+    q = frontier.judge_quality(
+        tokens, judge, prompt_len=1, train_text="abc", decode=tokenizer.decode
+    )
+    # equal lengths: the mean of the samples' bits is the pooled bits
+    pooled = metrics.generative_perplexity(tokens, judge, prompt_len=1)
+    assert q["judge_ppl"] == pytest.approx(pooled, rel=1e-9)
+    few = frontier.judge_quality(
+        tokens[:4], judge, prompt_len=1, train_text="abc", decode=tokenizer.decode
+    )
+    assert 0 < q["judge_ppl_se"] < few["judge_ppl_se"] * 1.5
+    assert q["entropy_bits"] == pytest.approx(metrics.unigram_entropy(tokens[:, 1:]))
+    assert q["samples"] == 40 and q["longest_copy_max"] <= 3
+    with pytest.raises(ValueError, match="standard error"):
+        frontier.judge_quality(
+            tokens[:1], judge, prompt_len=1, train_text="", decode=tokenizer.decode
+        )
+
+
+def _row(model, sampler, setting, ppl, entropy, speed, gpu_speed=None):
+    gpus = {g: gpu_speed if gpu_speed is not None else speed for g in ("G1", "G2")}
+    return {
+        "model": model,
+        "sampler": sampler,
+        "setting": setting,
+        "judge_ppl": ppl,
+        "entropy_bits": entropy,
+        "tokens_per_s": speed,
+        "predicted_tokens_per_s": gpus,
+    }
+
+
+def test_matched_quality_is_a_perplexity_ratio_and_an_entropy_band():
+    ar = {"judge_ppl": 4.0, "entropy_bits": 4.5}
+    assert frontier.is_matched({"judge_ppl": 4.39, "entropy_bits": 4.36}, ar)
+    assert not frontier.is_matched({"judge_ppl": 4.41, "entropy_bits": 4.5}, ar)
+    assert not frontier.is_matched({"judge_ppl": 3.0, "entropy_bits": 4.3}, ar)  # too repetitive
+
+
+def test_the_verdict_picks_the_fastest_matched_diffusion_row_and_compares_it_with_both_ars():
+    rows = [
+        _row("ar", "ar", {"temperature": 1.0}, 4.0, 4.5, 100.0),
+        _row("ar", "ar", {"temperature": 0.8}, 3.0, 4.2, 100.0),
+        _row("ar", "speculative", {"draft_len": 2}, 4.1, 4.5, 150.0, gpu_speed=500.0),
+        _row("d", "confidence", {"steps_per_block": 8}, 4.3, 4.4, 300.0),
+        _row("d", "confidence", {"steps_per_block": 4}, 4.3, 4.4, 400.0, gpu_speed=400.0),
+        _row("d", "confidence", {"steps_per_block": 2}, 9.0, 4.4, 900.0),  # fast, not matched
+    ]
+    v = frontier.verdict(rows, ["G1"])
+    assert v["matched_diffusion_rows"] == 2 and v["diffusion_rows"] == 3
+    assert "steps_per_block=4" in v["cpu"]["diffusion"]
+    assert v["cpu"]["speedup_vs_ar"] == pytest.approx(4.0)
+    assert v["cpu"]["speedup_vs_speculative"] == pytest.approx(400 / 150)
+    assert v["cpu"]["diffusion_wins"]
+    assert not v["gpus"]["G1"]["diffusion_wins"]  # speculative AR is faster there
+    assert [r["matched_quality"] for r in rows] == [True, False, True, True, True, False]
+    assert "4.00x plain AR" in v["sentence"]
+
+
+def test_with_no_matched_diffusion_row_the_verdict_says_so_and_names_the_closest():
+    rows = [
+        _row("ar", "ar", {"temperature": 1.0}, 4.0, 4.5, 100.0),
+        _row("d", "threshold", {"threshold": 0.9}, 8.0, 4.4, 300.0),
+        _row("d", "ancestral", {"steps_per_block": 4}, 12.0, 4.4, 400.0),
+    ]
+    v = frontier.verdict(rows, ["G1"])
+    assert v["cpu"]["diffusion"] is None and not v["cpu"]["diffusion_wins"]
+    assert v["closest_ppl_ratio"] == pytest.approx(2.0)
+    assert v["sentence"].startswith("No diffusion setting matches")
+    with pytest.raises(ValueError, match="temperature 1.0"):
+        frontier.verdict(rows[1:], ["G1"])
+
+
+def test_rows_end_to_end_on_tiny_models():
+    models = {
+        "ar": _tiny(seed=1),
+        "draft": _tiny(seed=2),
+        "bd3": _tiny("block_causal", block_len=4, seed=3),
+        "mdlm": _tiny("bidirectional", seed=4),
+    }
+    settings = frontier.default_settings(
+        {"bd3": models["bd3"].config, "mdlm": models["mdlm"].config},
+        ar="ar",
+        draft="draft",
+        tokens_per_step=(1, 2),
+        thresholds=(0.5,),
+        draft_lens=(2,),
+    )
+    assert [s.sampler for s in settings].count("confidence") == 4
+    tokenizer = data.CharTokenizer()
+    rows = [
+        frontier.measure_row(
+            s, models, models["ar"], n_samples=2, train_text="def f():\n", decode=tokenizer.decode
+        )
+        for s in settings
+    ]
+    by = {(r["model"], r["sampler"], r["setting"].get("steps_per_block")): r for r in rows}
+    assert by[("ar", "ar", None)]["tokens_per_forward"] == 1.0
+    # 4 blocks of 4 at 2 steps each, plus a forward that commits each block but the last
+    assert by[("bd3", "confidence", 2)]["tokens_per_forward"] == pytest.approx(16 / 11)
+    assert by[("mdlm", "confidence", 8)]["tokens_per_forward"] == pytest.approx(2.0)
+    spec = next(r for r in rows if r["sampler"] == "speculative")
+    assert 1.0 <= spec["tokens_per_forward"] <= 3.0 and spec["draft_forwards"] > 0
+    for r in rows:
+        assert set(r["predicted_tokens_per_s"]) == set(hardware.CATALOG)
+        assert all(v > 0 and math.isfinite(v) for v in r["predicted_tokens_per_s"].values())
+        assert r["tokens_per_s"] > 0 and r["samples"] == 2
+    # AR's prediction is the roofline model's for the whole run, per sample
+    h100 = roofline.datasheet_ceilings(hardware.CATALOG["H100 SXM"])
+    run = roofline.predict_sampling(
+        models["ar"].config, roofline.ARDecoding(1, 15), h100, dtype="bfloat16"
+    )
+    ar_row = by[("ar", "ar", None)]
+    assert ar_row["predicted_tokens_per_s"]["H100 SXM"] == pytest.approx(run.tokens_per_s)
+    assert frontier.verdict(rows, list(hardware.CATALOG))["sentence"]
+
+
+def test_the_command_names_the_missing_checkpoints(capsys):
+    assert cli.main(["frontier", "--judge", "no-such-judge"]) == 2
+    assert "no-such-judge" in capsys.readouterr().err
