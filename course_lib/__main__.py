@@ -70,6 +70,8 @@ def _ship(args: argparse.Namespace) -> int:
         "val_bits_per_token_at_training": round(last["val_bits"], 4) if last else None,
         "shipped": datetime.date.today().isoformat(),
     }
+    if preset.init_from is not None:  # training_tokens counts this run's only
+        metadata["init_from"] = f"{preset.init_from}.pt"
     dst = env.DATA_DIR / "checkpoints" / f"{preset.name}.pt"
     checkpoints.export_checkpoint(src, dst, metadata=metadata)
     print(f"shipped {dst} ({dst.stat().st_size / 1e6:.1f} MB): {metadata}")

@@ -137,3 +137,24 @@ def test_evaluate_an_unknown_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", "gpt-9", "--out", str(tmp_path / "m.json")]) == 2
     assert "gpt-9" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_ship_records_the_checkpoint_a_fine_tuned_run_started_from(tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from course_lib import env
+
+    monkeypatch.setattr(env, "DATA_DIR", tmp_path)
+    tuned = replace(
+        presets.get_preset("bd3lm-tiny"), name="bd3lm-tiny-from-ar", init_from="ar-tiny"
+    )
+    monkeypatch.setitem(presets.PRESETS, tuned.name, tuned)
+    for name in ("ar-tiny", tuned.name):
+        assert main(["train", "--preset", name, "--steps", "2"]) == 0
+        assert main(["ship", "--preset", name]) == 2  # 2 of 60 steps: refused
+        assert main(["ship", "--preset", name, "--unfinished"]) == 0
+    manifest = checkpoints.read_manifest(tmp_path / "checkpoints")
+    assert manifest[f"{tuned.name}.pt"]["init_from"] == "ar-tiny.pt"
+    assert "init_from" not in manifest["ar-tiny.pt"]
+    assert manifest[f"{tuned.name}.pt"]["training_tokens"] == 2 * 16 * 64  # this run's only
+    capsys.readouterr()
