@@ -40,7 +40,11 @@ PPL_RATIO = 1.10  # matched: judge perplexity at most this times AR's (temperatu
 ENTROPY_BITS = 0.15  # matched: unigram entropy within this many bits of AR's
 REFERENCE = ("ar", {"temperature": 1.0})  # the sampler whose samples define "matched"
 DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral")
-DEFAULT_DIFFUSION = ("bd3lm-small", "mdlm-small")  # the shipped diffusion checkpoints compared
+DEFAULT_DIFFUSION = (
+    "bd3lm-small",
+    "mdlm-small",
+    "bd3lm-ar-b4",
+)  # the diffusion checkpoints compared
 
 PROTOCOL = {
     "batch": "1: every sample is its own call, as one user's stream",
@@ -124,6 +128,18 @@ def judge_quality(
     }
 
 
+def quality_gap(row: dict, reference: dict) -> float:
+    """How far `row` is from matched, in units of the tolerances (matched: at most 1).
+
+    The larger of the perplexity over PPL_RATIO times the reference's, and the entropy
+    difference (either side) over ENTROPY_BITS.
+    """
+    return max(
+        row["judge_ppl"] / (PPL_RATIO * reference["judge_ppl"]),
+        abs(row["entropy_bits"] - reference["entropy_bits"]) / ENTROPY_BITS,
+    )
+
+
 def is_matched(row: dict, reference: dict) -> bool:
     """Matched quality: perplexity within PPL_RATIO of the reference's, entropy within ENTROPY_BITS."""
     return (
@@ -185,7 +201,7 @@ def default_settings(
 
 
 @dataclass
-class _Draws:
+class Draws:
     """What the batch-1 calls of one setting wrote and cost."""
 
     tokens: torch.Tensor  # (n, L)
@@ -196,7 +212,9 @@ class _Draws:
     seconds: float = 0.0  # process CPU seconds, all timed calls
 
 
-def _draw(setting: Setting, models: dict[str, Transformer], n_samples: int, seed: int) -> _Draws:
+def draw_samples(
+    setting: Setting, models: dict[str, Transformer], n_samples: int, seed: int = 0
+) -> Draws:
     """Sample `n_samples` sequences, one call each, after one untimed warm-up call."""
     from course_lib import fast, speculative
 
@@ -246,7 +264,7 @@ def _draw(setting: Setting, models: dict[str, Transformer], n_samples: int, seed
         seconds += time.process_time() - start
         rows.append(tokens.cpu())
         written, forwards, draft_forwards = written + n, forwards + f, draft_forwards + d
-    return _Draws(torch.stack(rows), prompt_len, written, forwards, draft_forwards, seconds)
+    return Draws(torch.stack(rows), prompt_len, written, forwards, draft_forwards, seconds)
 
 
 def _last_stage(device: torch.device, stages: list):
@@ -264,7 +282,7 @@ def gpu_dtype(spec) -> str:
 
 
 def predicted_seconds(
-    setting: Setting, models: dict[str, Transformer], draws: _Draws, ceilings, dtype: str
+    setting: Setting, models: dict[str, Transformer], draws: Draws, ceilings, dtype: str
 ) -> float:
     """Predicted seconds of the forwards that wrote `draws`, on `ceilings` (one GPU's)."""
     from course_lib import roofline
@@ -314,7 +332,7 @@ def measure_row(
     """One frontier row: speed on this machine, predicted speed per GPU, quality by the judge."""
     from course_lib import hardware, roofline
 
-    draws = _draw(setting, models, n_samples, seed)
+    draws = draw_samples(setting, models, n_samples, seed)
     predicted = {}
     for name, spec in hardware.CATALOG.items():
         ceilings = roofline.datasheet_ceilings(spec)
@@ -360,7 +378,7 @@ def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
     diffusion = [r for r in rows if r["sampler"] in DIFFUSION_SAMPLERS]
     matched = [r for r in diffusion if r["matched_quality"]]
     speculative = [r for r in rows if r["sampler"] == "speculative" and r["matched_quality"]]
-    closest = min(diffusion, key=lambda r: r["judge_ppl"], default=None)
+    closest = min(diffusion, key=lambda r: quality_gap(r, reference), default=None)
 
     def compare(speed: Callable[[dict], float]) -> dict:
         best = _fastest(matched, speed)
@@ -368,8 +386,8 @@ def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
         out = {
             "ar_tokens_per_s": speed(reference),
             "speculative_tokens_per_s": speed(best_spec) if best_spec else None,
-            "speculative": _describe(best_spec),
-            "diffusion": _describe(best),
+            "speculative": row_label(best_spec),
+            "diffusion": row_label(best),
             "diffusion_tokens_per_s": speed(best) if best else None,
         }
         if best:
@@ -382,13 +400,16 @@ def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
         return out
 
     result = {
-        "reference": _describe(reference),
+        "reference": row_label(reference),
         "reference_judge_ppl": reference["judge_ppl"],
         "reference_entropy_bits": reference["entropy_bits"],
         "matched_diffusion_rows": len(matched),
         "diffusion_rows": len(diffusion),
-        "closest_diffusion": _describe(closest),
+        "closest_diffusion": row_label(closest),
         "closest_ppl_ratio": closest["judge_ppl"] / reference["judge_ppl"] if closest else None,
+        "closest_entropy_difference": (
+            closest["entropy_bits"] - reference["entropy_bits"] if closest else None
+        ),
         "cpu": compare(lambda r: r["tokens_per_s"]),
         "gpus": {g: compare(lambda r, g=g: r["predicted_tokens_per_s"][g]) for g in gpus},
     }
@@ -396,7 +417,8 @@ def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
     return result
 
 
-def _describe(row: dict | None) -> str | None:
+def row_label(row: dict | None) -> str | None:
+    """A frontier row's setting in words (None for no row)."""
     if row is None:
         return None
     return Setting(row["model"], row["sampler"], row["setting"]).label()
@@ -408,7 +430,8 @@ def _sentence(v: dict) -> str:
         return (
             f"No diffusion setting matches AR's quality: of {v['diffusion_rows']} diffusion rows, "
             f"the closest ({v['closest_diffusion']}) has {v['closest_ppl_ratio']:.2f}x AR's judge "
-            f"perplexity (matched needs at most {PPL_RATIO:.2f}x). AR stays the fastest way to "
+            f"perplexity and {v['closest_entropy_difference']:+.2f} bits of entropy (matched: at "
+            f"most {PPL_RATIO:.2f}x and within {ENTROPY_BITS} bits). AR stays the fastest way to "
             "write text of its quality here."
         )
     won = [g for g, c in v["gpus"].items() if c["diffusion_wins"]]

@@ -113,9 +113,13 @@ def test_with_no_matched_diffusion_row_the_verdict_says_so_and_names_the_closest
         _row("d", "threshold", {"threshold": 0.9}, 8.0, 4.4, 300.0),
         _row("d", "ancestral", {"steps_per_block": 4}, 12.0, 4.4, 400.0),
     ]
+    rows.append(_row("d", "threshold", {"threshold": 0.99}, 3.0, 3.0, 300.0))  # repetitive
     v = frontier.verdict(rows, ["G1"])
     assert v["cpu"]["diffusion"] is None and not v["cpu"]["diffusion_wins"]
+    # the closest by the larger of the two misses, not the lowest perplexity
     assert v["closest_ppl_ratio"] == pytest.approx(2.0)
+    assert v["closest_entropy_difference"] == pytest.approx(-0.1)
+    assert frontier.quality_gap(rows[-1], rows[0]) == pytest.approx(10.0)
     assert v["sentence"].startswith("No diffusion setting matches")
     with pytest.raises(ValueError, match="temperature 1.0"):
         frontier.verdict(rows[1:], ["G1"])
