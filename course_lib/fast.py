@@ -436,10 +436,15 @@ class FastDiffusionSampler:
             return self.model(ids, cache=self.cache, update_cache=False)
         return self.model(ids)
 
-    def _scored(self, x, start, end) -> tuple[torch.Tensor, int]:
-        """Logits of every position the forward scored, and where the block starts in them."""
+    def _scored(self, x, start, end, scored_from=None) -> tuple[torch.Tensor, int]:
+        """Logits of every position the forward scored, and where the block starts in them.
+
+        With the cache, `scored_from` < `start` also scores the finished blocks from there on,
+        which writes their keys and values: the commit, fused into this forward.
+        """
         if self.cached:
-            return self.step(x[:, start:end], self.positions[start:end]), 0
+            lo = start if scored_from is None else scored_from
+            return self.step(x[:, lo:end], self.positions[lo:end]), start - lo
         if self.block_causal:  # the finished blocks again, then the block
             return self.step(x[:, :end], self.positions[:end]), start
         return self.step(x, self.positions), start  # bidirectional: the whole sequence
@@ -451,9 +456,9 @@ class FastDiffusionSampler:
         else:
             self.model(x[:, start:end], cache=self.cache)
 
-    def _probs(self, x, start, end, temperature) -> torch.Tensor:
+    def _probs(self, x, start, end, temperature, scored_from=None) -> torch.Tensor:
         """float64 probabilities of the block's positions: (B, b, V)."""
-        logits, offset = self._scored(x, start, end)
+        logits, offset = self._scored(x, start, end, scored_from)
         b = end - start
         if self.options.float64_only_where_needed:
             return logits_to_probs(logits[:, offset : offset + b], temperature)
@@ -472,14 +477,28 @@ class FastDiffusionSampler:
         generator: torch.Generator | None = None,
         schedule: str | diffusion.Schedule = "loglinear",
         confidence: str | None = None,
+        fuse_commit: bool = False,
     ) -> DiffusionSample:
-        """Sample (batch_size, length) tokens; the arguments as in `sample_block_diffusion`."""
+        """Sample (batch_size, length) tokens; the arguments as in `sample_block_diffusion`.
+
+        `fuse_commit` (block-causal, with the cache and static buffers): instead of one forward
+        that writes a finished block into the cache, score that block again in the next block's
+        first forward, which writes it there. The block-causal mask gives its keys and values,
+        and the next block's logits, exactly as the two forwards would: one forward fewer per
+        block, for the same tokens (up to the order of float sums).
+        """
+        if fuse_commit and not (self.cached and self.options.static_buffers):
+            raise ValueError(
+                "fuse_commit needs a block-causal model decoded with the KV cache and static "
+                "buffers (options kv_cache and static_buffers)"
+            )
         sampling._check_positive_int("steps_per_block", steps_per_block)
         sampling.check_temperature(temperature)
         threshold = sampling._check_strategy(strategy, threshold, confidence)
         schedule = diffusion.get_schedule(schedule)
         alphas = schedule.alpha(schedule.time_grid(steps_per_block)).tolist()
-        run = _Run(self, strategy, threshold, confidence or "low_confidence", temperature, alphas)
+        confidence = confidence or "low_confidence"
+        run = _Run(self, strategy, threshold, confidence, temperature, alphas, fuse_commit)
         with _grad_mode(self.options), diffusion.eval_mode(self.model):
             return run(prompt, generator)
 
@@ -492,12 +511,21 @@ def _quota(n_masked: int, left_after: int) -> int:
 class _Run:
     """One call of a `FastDiffusionSampler`: the block loop and the two kinds of step."""
 
-    def __init__(self, sampler, strategy, threshold, confidence, temperature, alphas):
+    def __init__(self, sampler, strategy, threshold, confidence, temperature, alphas, fuse_commit):
         self.sampler, self.options = sampler, sampler.options
         self.strategy, self.threshold, self.confidence = strategy, threshold, confidence
         self.temperature, self.alphas = temperature, alphas
         self.mask_id = sampler.model.mask_id
         self.nfe = self.steps_taken = 0
+        self.fuse_commit = fuse_commit
+        self.uncommitted = None  # with fuse_commit: where the blocks not yet cached start
+
+    def _probs(self, x, start, end) -> torch.Tensor:
+        """The block's probabilities; the first forward of a block also commits the blocks
+        before it that are not cached yet (fuse_commit)."""
+        probs = self.sampler._probs(x, start, end, self.temperature, self.uncommitted)
+        self.uncommitted = None
+        return probs
 
     def __call__(self, prompt, generator) -> DiffusionSample:
         s, mask_id = self.sampler, self.mask_id
@@ -516,8 +544,11 @@ class _Run:
             else:
                 self._confident(x, start, end, counts, generator)
             if s.cached and end < s.length:
-                s._commit(x, start, end)
-                self.nfe += 1
+                if self.fuse_commit:  # the next block's first forward writes it
+                    self.uncommitted = start if self.uncommitted is None else self.uncommitted
+                else:
+                    s._commit(x, start, end)
+                    self.nfe += 1
         return DiffusionSample(x, self.nfe, self.steps_taken, n_generated)
 
     def _still_masked(self, block) -> bool:
@@ -531,7 +562,7 @@ class _Run:
             if not self._still_masked(block):
                 break
             if probs is None or changed or not self.options.skip_unchanged:
-                probs = self.sampler._probs(x, start, end, self.temperature)  # (B, b, V)
+                probs = self._probs(x, start, end)  # (B, b, V)
                 self.nfe += 1
             alpha_t, alpha_s = self.alphas[j], self.alphas[j + 1]
             p_unmask = 1.0 if j == steps - 1 else (alpha_s - alpha_t) / (1 - alpha_t)
@@ -568,7 +599,7 @@ class _Run:
             if not host_knows and not self._still_masked(block):
                 break
             masked = block == self.mask_id
-            probs = self.sampler._probs(x, start, end, self.temperature)  # (B, b, V)
+            probs = self._probs(x, start, end)  # (B, b, V)
             self.nfe += 1
             proposal = sample_categorical(probs, generator)  # (B, b)
             conf = sampling.position_confidence(probs, proposal, self.confidence)

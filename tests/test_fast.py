@@ -103,6 +103,36 @@ def test_the_cases_exercise_what_the_stages_change(models, references):
     assert cached.nfe == by_case[0].nfe + L // BLOCK - 1
 
 
+@pytest.mark.parametrize("i", [0, 1, 2, 3, 8])  # the block-causal cases, prompts included
+def test_a_fused_commit_writes_the_same_tokens_with_one_forward_fewer_per_block(i, models):
+    """The next block's first forward also writes the finished block into the cache."""
+    kind = CASES[i][0]
+    sampler = fast.FastDiffusionSampler(models[kind], length=L, batch_size=3)
+    n_blocks = L // BLOCK
+    for seed in (0, 1):
+        separate = run_case(models, CASES[i], seed, sampler=sampler)
+        fused = sampler(
+            steps_per_block=CASES[i][3],
+            strategy=CASES[i][2],
+            threshold=CASES[i][4],
+            prompt=CASES[i][5],
+            temperature=0.8,
+            generator=torch.Generator().manual_seed(seed),
+            fuse_commit=True,
+        )
+        assert torch.equal(fused.tokens, separate.tokens), (CASES[i][:5], seed)
+        assert fused.nfe == separate.nfe - (n_blocks - 1)
+        assert fused.steps_taken == separate.steps_taken
+
+
+def test_a_fused_commit_needs_the_cache_and_static_buffers(models):
+    plain = fast.DiffusionOptimizations(static_buffers=False, skip_unchanged=False)
+    for kind, options in (("bidirectional", None), ("block_causal", plain)):
+        sampler = fast.FastDiffusionSampler(models[kind], length=L, batch_size=1, options=options)
+        with pytest.raises(ValueError, match="fuse_commit"):
+            sampler(steps_per_block=4, fuse_commit=True)
+
+
 def test_a_kept_sampler_starts_afresh_every_call(models, references):
     """Static buffers are reused across calls: nothing of the last call may leak in."""
     for i in (1, 3, 4):
