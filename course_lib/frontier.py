@@ -52,7 +52,8 @@ PROTOCOL = {
     "samples (one untimed warm-up call first), with the optimized samplers of notebook 09 "
     "(fast.stages_for(device)'s last stage without compile) and speculative.sample_speculative",
     "tokens_per_forward": "tokens written / forwards of the model (speculative: of the target; "
-    "block diffusion: denoising forwards plus the forward that commits each block)",
+    "block diffusion: denoising forwards plus the forward that commits each block, unless the "
+    "setting has fuse_commit, where the next block's first forward commits it)",
     "predicted_tokens_per_s": "roofline.predict_sampling-style sums of predicted step times, "
     "datasheet ceilings (hardware.CATALOG), bf16 (fp16 where a GPU has no bf16), no launch "
     "overhead: an upper bound, reached only when each step is captured whole; the forward "
@@ -184,19 +185,26 @@ def default_settings(
     for name, config in diffusion_models.items():
         block = config.block_len or config.context_len
         steps = [block // k for k in tokens_per_step if block % k == 0 and k <= block]
-        settings += [
-            Setting(name, "confidence", {"steps_per_block": s, "confidence": "margin"})
-            for s in steps
-        ]
-        settings += [
-            Setting(
-                name,
-                "threshold",
-                {"steps_per_block": block, "threshold": t, "confidence": "margin"},
-            )
-            for t in thresholds
-        ]
-        settings += [Setting(name, "ancestral", {"steps_per_block": s}) for s in steps[:3]]
+        # block-causal models: each setting also with the commit fused into the next forward
+        commits = [{}, {"fuse_commit": True}] if config.attention == "block_causal" else [{}]
+        for commit in commits:
+            settings += [
+                Setting(
+                    name, "confidence", {"steps_per_block": s, "confidence": "margin", **commit}
+                )
+                for s in steps
+            ]
+            settings += [
+                Setting(
+                    name,
+                    "threshold",
+                    {"steps_per_block": block, "threshold": t, "confidence": "margin", **commit},
+                )
+                for t in thresholds
+            ]
+            settings += [
+                Setting(name, "ancestral", {"steps_per_block": s, **commit}) for s in steps[:3]
+            ]
     return settings
 
 

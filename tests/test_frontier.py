@@ -140,7 +140,8 @@ def test_rows_end_to_end_on_tiny_models():
         thresholds=(0.5,),
         draft_lens=(2,),
     )
-    assert [s.sampler for s in settings].count("confidence") == 4
+    # bd3 (block-causal) twice, commit separate and fused; mdlm once
+    assert [s.sampler for s in settings].count("confidence") == 6
     tokenizer = data.CharTokenizer()
     rows = [
         frontier.measure_row(
@@ -148,10 +149,22 @@ def test_rows_end_to_end_on_tiny_models():
         )
         for s in settings
     ]
-    by = {(r["model"], r["sampler"], r["setting"].get("steps_per_block")): r for r in rows}
+    by = {
+        (r["model"], r["sampler"], r["setting"].get("steps_per_block")): r
+        for r in rows
+        if not r["setting"].get("fuse_commit")
+    }
     assert by[("ar", "ar", None)]["tokens_per_forward"] == 1.0
     # 4 blocks of 4 at 2 steps each, plus a forward that commits each block but the last
     assert by[("bd3", "confidence", 2)]["tokens_per_forward"] == pytest.approx(16 / 11)
+    fused = next(
+        r
+        for r in rows
+        if r["setting"].get("fuse_commit")
+        and r["sampler"] == "confidence"
+        and r["setting"]["steps_per_block"] == 2
+    )
+    assert fused["tokens_per_forward"] == pytest.approx(16 / 8)
     assert by[("mdlm", "confidence", 8)]["tokens_per_forward"] == pytest.approx(2.0)
     spec = next(r for r in rows if r["sampler"] == "speculative")
     assert 1.0 <= spec["tokens_per_forward"] <= 3.0 and spec["draft_forwards"] > 0
