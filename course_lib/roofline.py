@@ -599,7 +599,7 @@ def plot_roofline(
     """
     from matplotlib.figure import Figure as MplFigure  # on use: a light import
 
-    fig = MplFigure(figsize=(8, 5.5))
+    fig = MplFigure(figsize=(10.5, 5.5))  # the legend beside the axes, off the points
     ax = fig.add_subplot()
     intensities = [p[1] for p in points]
     lo = min([0.1, *intensities]) / 2
@@ -646,7 +646,7 @@ def plot_roofline(
     ax.set_ylabel("attained performance (FLOP/s)")
     ax.set_title(title or f"Roofline{' of ' + ceilings.device if ceilings else ''}")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
