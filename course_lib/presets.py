@@ -131,6 +131,18 @@ for _block in (4, 8, 16):
     )
 register(
     Preset(
+        name="bd3lm-ar-b4-more",
+        description=(
+            "bd3lm-ar-b4 trained for 1500 more steps (lr 3e-4): the more-passes lever, "
+            "as masked diffusion keeps improving long after AR stops"
+        ),
+        model=replace(PRESETS["bd3lm-small"].model, block_len=4),
+        train=replace(_FINE_TUNE, lr=3e-4),
+        init_from="bd3lm-ar-b4",
+    )
+)
+register(
+    Preset(
         name="bd3lm-b4",
         description="bd3lm-small with blocks of 4, from random weights (the block-length lever)",
         model=replace(PRESETS["bd3lm-small"].model, block_len=4),

@@ -93,6 +93,7 @@ def test_presets_are_valid_and_overridable():
 def test_an_init_from_preset_starts_from_the_shipped_weights():
     from course_lib import env
 
+    across = 0  # presets that start a block-causal model from a causal one's weights
     for preset in presets.PRESETS.values():
         if preset.init_from is None:
             continue
@@ -100,9 +101,10 @@ def test_an_init_from_preset_starts_from_the_shipped_weights():
         shipped = checkpoints.load_checkpoint(
             env.DATA_DIR / "checkpoints" / f"{preset.init_from}.pt"
         )
-        assert start.config.attention != shipped.config.attention, preset.name
+        across += start.config.attention != shipped.config.attention
         for name, weight in shipped.state_dict().items():
             assert torch.equal(start.state_dict()[name], weight), (preset.name, name)
+    assert across >= 3
 
 
 # -- evaluate ----------------------------------------------------------------------------------
