@@ -57,7 +57,9 @@ PROTOCOL = {
     "predicted_tokens_per_s": "roofline.predict_sampling-style sums of predicted step times, "
     "datasheet ceilings (hardware.CATALOG), bf16 (fp16 where a GPU has no bf16), no launch "
     "overhead: an upper bound, reached only when each step is captured whole; the forward "
-    "counts are the measured ones",
+    "counts are the measured ones, each block-diffusion forward charged the mean predicted "
+    "cost of a forward of one block (a fused commit's forward scores two blocks: nearly free "
+    "under the memory roof, so left out)",
     "judge_ppl": "2 ** (mean over samples of the judge's bits per scored token); judge_ppl_se "
     "by the delta method from the samples' standard deviation",
     "entropy_bits": "metrics.unigram_entropy of all generated tokens pooled",
