@@ -358,3 +358,24 @@ def test_a_verdict_shows_nothing_more_in_a_notebook():
     for verdict in (Verdict(True), Verdict(False)):
         assert formatter.format(verdict) == ({}, {})
     assert formatter.format(True)[0] == {"text/plain": "True"}  # what a bare bool would show
+
+
+def test_the_shared_number_helpers_take_numbers_and_one_element_tensors_only():
+    import numpy as np
+
+    from course_lib.checks._core import as_number, close
+
+    assert as_number(torch.tensor([2.5]), "x") == 2.5
+    assert as_number(np.float32(0.5), "x") == 0.5
+    assert as_number(float("inf"), "x") == float("inf")  # allowed unless finite is asked for
+    for bad, message in (
+        (torch.ones(2), "shape \\(2,\\): pool"),
+        (True, "number"),
+        ("1", "number"),
+    ):
+        with pytest.raises(checks.CheckFailed, match=message):
+            as_number(bad, "x", hint="pool")
+    with pytest.raises(checks.CheckFailed, match="not a finite number: log"):
+        as_number(float("nan"), "x", finite="log")
+    assert close(1.0, 1.0 + 1e-9) and not close(1.0, 1.1) and not close("a", 1.0)
+    assert close(0.0, 1e-8, atol=1e-7) and not close(0.0, 1e-8)

@@ -11,6 +11,8 @@ An exercise in a notebook is a function the learner writes, starting from a stub
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -99,3 +101,33 @@ def expect_commit_mask(call: str, got, masked: torch.Tensor, target: str) -> Non
             f"{call} has dtype {got.dtype}; return a bool tensor (True = commit): the sampler "
             f"uses it in torch.where(commit, proposal, {target})."
         )
+
+
+def as_number(value, what: str, *, hint: str = "", finite: bool | str = False) -> float:
+    """`value` (a real number or a one-element tensor) as a float, or CheckFailed saying why.
+
+    `hint` follows the message for a tensor of several elements; `finite` (True, or the hint to
+    give) also refuses infinities and NaN.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise CheckFailed(
+                f"{what} should be one number, got a tensor of shape {tuple(value.shape)}"
+                + (f": {hint}" if hint else "")
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise CheckFailed(f"{what} should be a number, got {type(value).__name__}")
+    value = float(value)
+    if finite and not math.isfinite(value):
+        detail = f": {finite}" if isinstance(finite, str) else ""
+        raise CheckFailed(f"{what} is {value}, not a finite number{detail}")
+    return value
+
+
+def close(actual, expected, *, rtol: float = 1e-6, atol: float = 0.0) -> bool:
+    """math.isclose for a learner's answer: False (not an error) if it is not a number."""
+    try:
+        return math.isclose(float(actual), float(expected), rel_tol=rtol, abs_tol=atol)
+    except (TypeError, ValueError):
+        return False

@@ -7,35 +7,29 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import CheckFailed, as_number, close, run_check
 from course_lib.train import TrainConfig, lr_at
 
 SOLUTIONS = "The solutions are in notebooks/solutions/03_autoregressive_baseline_solutions.ipynb."
 
 
-def _close(a: float, b: float, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
-    return math.isclose(a, b, rel_tol=rtol, abs_tol=atol)
+_close = functools.partial(close, rtol=1e-4, atol=1e-6)
 
 
 def _as_number(value, what: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise CheckFailed(
-                f"{what} should be one number (the mean over every prediction), got a tensor of "
-                f"shape {tuple(value.shape)}: average with .mean()"
-            )
-        value = value.item()
-    if not isinstance(value, (int, float)):
-        raise CheckFailed(f"{what} should be a number or a 0-d tensor, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise CheckFailed(f"{what} is {value}: check for log(0) or an overflowing exp")
-    return float(value)
+    return as_number(
+        value,
+        what,
+        hint="the mean over every prediction: average with .mean()",
+        finite="check for log(0) or an overflowing exp",
+    )
 
 
 # -- exercise 1: the next-token loss in bits --------------------------------------------------

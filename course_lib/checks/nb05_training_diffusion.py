@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -17,13 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import diffusion
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import CheckFailed, close, run_check
 
 SOLUTIONS = "The solutions are in notebooks/solutions/05_training_diffusion_solutions.ipynb."
 
 
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+_close = functools.partial(close, rtol=1e-5, atol=1e-7)
 
 
 # -- exercise 1: the loss of one batch -------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import CheckFailed, as_number, run_check
 from course_lib.sampling import position_confidence
 
 SOLUTIONS = "The solutions are in notebooks/solutions/06_sampling_solutions.ipynb."
@@ -24,18 +24,6 @@ SOLUTIONS = "The solutions are in notebooks/solutions/06_sampling_solutions.ipyn
 # How many standard errors a statistic of a right answer may stray before the check calls it
 # wrong: a right answer fails one comparison with probability about 2e-9 (normal tails).
 N_SIGMA = 6.0
-
-
-def _as_number(value, what: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise CheckFailed(
-                f"{what} should be one number, got a tensor of shape {tuple(value.shape)}"
-            )
-        value = value.item()
-    if not isinstance(value, (int, float)):
-        raise CheckFailed(f"{what} should be a number, got {type(value).__name__}")
-    return float(value)
 
 
 # -- exercise 1: the unmasking probability ----------------------------------------------------
@@ -76,12 +64,12 @@ _UNMASK_MISTAKES = [
 def _test_unmask_probability(fn) -> str:
     for alpha_t, alpha_s in _UNMASK_CASES:
         expected = (alpha_s - alpha_t) / (1 - alpha_t)
-        got = _as_number(fn(alpha_t, alpha_s), f"unmask_probability({alpha_t}, {alpha_s})")
+        got = as_number(fn(alpha_t, alpha_s), f"unmask_probability({alpha_t}, {alpha_s})")
         if math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):
             continue
         for mistake, hint in _UNMASK_MISTAKES:
             if all(
-                math.isclose(_as_number(fn(a, b), ""), mistake(a, b), rel_tol=1e-6, abs_tol=1e-9)
+                math.isclose(as_number(fn(a, b), ""), mistake(a, b), rel_tol=1e-6, abs_tol=1e-9)
                 for a, b in _UNMASK_CASES[:3]
             ):
                 raise CheckFailed(f"{hint}.")

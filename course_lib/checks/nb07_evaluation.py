@@ -11,31 +11,22 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import torch
 
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import CheckFailed, as_number, close, run_check
 
 SOLUTIONS = "The solutions are in notebooks/solutions/07_evaluation_solutions.ipynb."
 
 
 def _as_number(value, what: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise CheckFailed(
-                f"{what} should be one number, got a tensor of shape {tuple(value.shape)}: "
-                "pool everything into a single value"
-            )
-        value = value.item()
-    if not isinstance(value, (int, float)):
-        raise CheckFailed(f"{what} should be a number, got {type(value).__name__}")
-    return float(value)
+    return as_number(value, what, hint="pool everything into a single value")
 
 
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+_close = functools.partial(close, rtol=1e-6, atol=1e-9)
 
 
 # -- exercise 1: perplexity from log-probabilities --------------------------------------------

@@ -21,11 +21,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from course_lib.checks._core import (
     CheckFailed,
+    as_number,
     expect_commit_mask,
     expect_inputs_unchanged,
     run_check,
 )
-from course_lib.checks.nb06_sampling import _as_number
 
 SOLUTIONS = "The solutions are in notebooks/solutions/09_fast_sampler_solutions.ipynb."
 
@@ -142,7 +142,7 @@ _AMDAHL_MISTAKES = [
 def _test_amdahl(fn) -> str:
     for fraction, factor in _AMDAHL_CASES:
         expected = amdahl_reference(fraction, factor)
-        got = _as_number(fn(fraction, factor), f"amdahl_speedup({fraction}, {factor})")
+        got = as_number(fn(fraction, factor), f"amdahl_speedup({fraction}, {factor})")
         if math.isclose(got, expected, rel_tol=1e-6):
             continue
         if math.isnan(got) and math.isinf(factor):
@@ -154,7 +154,7 @@ def _test_amdahl(fn) -> str:
         for mistake, hint in _AMDAHL_MISTAKES:
             try:
                 same = all(
-                    math.isclose(_as_number(fn(f, s), ""), mistake(f, s), rel_tol=1e-6)
+                    math.isclose(as_number(fn(f, s), ""), mistake(f, s), rel_tol=1e-6)
                     for f, s in _AMDAHL_CASES[:3]
                 )
             except (ZeroDivisionError, CheckFailed):

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import CheckFailed, as_number, close, run_check
 
 SOLUTION = "see notebooks/solutions/10_roofline_solutions.ipynb"
 
 
 def _close(actual, expected: float, rel: float = 1e-6) -> bool:
-    try:
-        return math.isclose(float(actual), expected, rel_tol=rel)
-    except (TypeError, ValueError):
-        return False
+    return close(actual, expected, rtol=rel)
 
 
 def _number(value, what: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise CheckFailed(f"{what} should be a number, got {type(value).__name__}") from None
-    if not math.isfinite(number):
-        raise CheckFailed(f"{what} should be a finite number, got {number}")
-    return number
+    return as_number(value, what, finite=True)
 
 
 def check_weight_flops_and_bytes(weight_flops_and_bytes) -> bool:

@@ -7,17 +7,9 @@ import math
 
 import torch
 
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import CheckFailed, as_number, run_check
 
 SOLUTION = "see notebooks/solutions/12_matched_quality_solutions.ipynb"
-
-
-def _number(value, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CheckFailed(f"{what} should be a number, got {type(value).__name__}")
-    return float(value)
 
 
 def check_perplexity_with_error(perplexity_with_error) -> bool:
@@ -30,7 +22,7 @@ def check_perplexity_with_error(perplexity_with_error) -> bool:
             out = perplexity_with_error(bits.clone())
             if not isinstance(out, tuple | list) or len(out) != 2:
                 raise CheckFailed("return two numbers: (perplexity, standard_error)")
-            ppl, se = _number(out[0], "the perplexity"), _number(out[1], "the standard error")
+            ppl, se = as_number(out[0], "the perplexity"), as_number(out[1], "the standard error")
             mean = bits.mean().item()
             want_ppl = 2.0**mean
             want_se = want_ppl * math.log(2) * bits.std().item() / math.sqrt(n)
@@ -81,7 +73,7 @@ def check_expected_tokens_per_forward(expected_tokens) -> bool:
     def test() -> str:
         cases = [(0.0, 4), (0.5, 1), (0.6, 4), (0.8, 2), (0.9, 7), (1.0, 3), (0.75, 0)]
         for alpha, gamma in cases:
-            got = _number(expected_tokens(alpha, gamma), f"expected_tokens({alpha}, {gamma})")
+            got = as_number(expected_tokens(alpha, gamma), f"expected_tokens({alpha}, {gamma})")
             w = want(alpha, gamma)
             if math.isclose(got, w - 1, rel_tol=1e-9, abs_tol=1e-12):
                 raise CheckFailed(
