@@ -85,7 +85,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 class BatchSource(Protocol):
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """A (batch_size, length) LongTensor of ids from "train" or "val"."""
+        """A (batch_size, seq_len + 1) LongTensor of ids from "train" or "val": each row's
+        first seq_len ids are the input, and its last seq_len the AR targets (a diffusion
+        objective uses the first seq_len only)."""
         ...
 
 
