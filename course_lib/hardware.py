@@ -17,7 +17,8 @@ class Figure:
 
     `sparse_quote` is the figure as NVIDIA quotes it "with sparsity" (2:4 structured sparsity
     doubles the rate); `value` is then half of it, the dense rate a plain matmul can reach.
-    `checked_against` names the page the figure was cross-checked with ("" if it was not).
+    `checked_against` names a second vendor document that gives the same figure ("" if the
+    source is the only one: every source is NVIDIA's own datasheet or architecture whitepaper).
     """
 
     value: float
@@ -108,18 +109,13 @@ def _l2(mb: float, doc: tuple[str, str], checked: str, note: str = "") -> Figure
     return Figure(mb * _MB, "bytes", *doc, note=note, checked_against=checked)
 
 
-_HOPPER_CHECK = "https://glennklockwood.com/garden/processors/h100 (dense/sparse table)"
-_H100_CHECK = "https://archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html (datasheet table)"
-_H200_CHECK = "https://aiwiki.ai/wiki/nvidia_h200 ; https://itkb.uw.cz/2026/06/nvidia-h200-vs-b300-precisions-cores.html"
-_A100_CHECK = "https://glennklockwood.com/garden/processors/A100 (from the A100 datasheet)"
-_A100_MEM = "https://www.thundercompute.com/blog/nvidia-a100-specs-full-guide"
-_L4_CHECK = "https://grokipedia.com/page/NVIDIA_L4_vs_L40S ; https://store.sourcecode.com/en-us/bg-bucket-compare/125/9820"
-_L4_CACHE = "https://fpsbench.com/compare/gpu/nvidia-l4-vs-nvidia-tesla-m40 ; https://cputronic.com/de/gpu/nvidia-l4"
-_T4_CHECK = (
-    "https://sysrqmts.com/en/gpus/nvidia/tesla/t4 ; https://cputronic.com/gpu/nvidia-tesla-t4"
+# a second vendor document that gives the same figures (cross-checks)
+_HOPPER_CHECK = f"{_HOPPER[0]} ({_HOPPER[1]}), its H100 SXM5 table"
+_H200_CHECK = (
+    f"{_HOPPER[0]} ({_HOPPER[1]}), the H100 SXM5's figures: the H200 is the same GH100 "
+    "chip at the same clocks, with more and faster memory"
 )
-_RTX_CHECK = "https://waredb.com/processor/nvidia-geforce-rtx-4090"
-_RTX_CACHE = "https://www.techgoing.com/nvidia-rtx-4090-gaming-graphics-cards-break-100-tflops-for-the-first-time/"
+_AMPERE_CHECK = f"{_AMPERE[0]} ({_AMPERE[1]}), its A100 table"
 
 CATALOG: dict[str, HardwareSpec] = {
     "H200 SXM": HardwareSpec(
@@ -130,7 +126,7 @@ CATALOG: dict[str, HardwareSpec] = {
             "bfloat16": _sparse(1979, _H200, _H200_CHECK),
             "float16": _sparse(1979, _H200, _H200_CHECK),
         },
-        memory_bandwidth=_gbs(4800, _H200, _H200_CHECK),
+        memory_bandwidth=_gbs(4800, _H200, ""),
         cache_bytes=_l2(
             50,
             _HOPPER,
@@ -142,67 +138,67 @@ CATALOG: dict[str, HardwareSpec] = {
     "H100 SXM": HardwareSpec(
         "H100 SXM",
         flops={
-            "float32": _flops(67, _H100, _H100_CHECK),
+            "float32": _flops(67, _H100, _HOPPER_CHECK),
             "tf32": _sparse(989, _H100, _HOPPER_CHECK),
             "bfloat16": _sparse(1979, _H100, _HOPPER_CHECK),
             "float16": _sparse(1979, _H100, _HOPPER_CHECK),
         },
-        memory_bandwidth=_gbs(3350, _H100, _H100_CHECK),
-        cache_bytes=_l2(50, _HOPPER, _H100_CHECK),
+        memory_bandwidth=_gbs(3350, _H100, _HOPPER_CHECK),
+        cache_bytes=_l2(50, _HOPPER, ""),
     ),
     "A100 80GB SXM": HardwareSpec(
         "A100 80GB SXM",
         flops={
-            "float32": _flops(19.5, _A100, _A100_CHECK),
-            "tf32": _flops(156, _A100, _A100_CHECK, note="dense; 312 with sparsity"),
-            "bfloat16": _flops(312, _A100, _A100_CHECK, note="dense; 624 with sparsity"),
-            "float16": _flops(312, _A100, _A100_CHECK, note="dense; 624 with sparsity"),
+            "float32": _flops(19.5, _A100, _AMPERE_CHECK),
+            "tf32": _flops(156, _A100, _AMPERE_CHECK, note="dense; 312 with sparsity"),
+            "bfloat16": _flops(312, _A100, _AMPERE_CHECK, note="dense; 624 with sparsity"),
+            "float16": _flops(312, _A100, _AMPERE_CHECK, note="dense; 624 with sparsity"),
         },
-        memory_bandwidth=_gbs(2039, _A100, _A100_MEM),
-        cache_bytes=_l2(40, _AMPERE, _A100_MEM),
+        memory_bandwidth=_gbs(2039, _A100, ""),
+        cache_bytes=_l2(40, _AMPERE, ""),
     ),
     "L4": HardwareSpec(
         "L4",
         flops={
-            "float32": _flops(30.3, _L4, _L4_CHECK),
-            "tf32": _sparse(120, _L4, _L4_CHECK),
-            "bfloat16": _sparse(242, _L4, _L4_CHECK),
-            "float16": _sparse(242, _L4, _L4_CHECK),
+            "float32": _flops(30.3, _L4, ""),
+            "tf32": _sparse(120, _L4, ""),
+            "bfloat16": _sparse(242, _L4, ""),
+            "float16": _sparse(242, _L4, ""),
         },
-        memory_bandwidth=_gbs(300, _L4, _L4_CHECK),
-        cache_bytes=_l2(48, _ADA, _L4_CACHE, note="not on the L4 datasheet: the AD104's L2"),
+        memory_bandwidth=_gbs(300, _L4, ""),
+        cache_bytes=_l2(48, _ADA, "", note="not on the L4 datasheet: the AD104's L2"),
     ),
     "T4": HardwareSpec(
         "T4",
         flops={
-            "float32": _flops(8.1, _T4, _T4_CHECK),
+            "float32": _flops(8.1, _T4, ""),
             "float16": _flops(
                 65,
                 _T4,
-                _T4_CHECK,
+                "",
                 note="'mixed precision (FP16/FP32)' tensor cores; Turing has no sparsity, so "
                 "dense; Turing has no bfloat16 or TF32",
             ),
         },
-        memory_bandwidth=_gbs(320, _T4, _T4_CHECK, note="datasheet: '320+ GB/s'"),
-        cache_bytes=_l2(4, _TURING, _T4_CHECK, note="not on the T4 datasheet: the TU104's L2"),
+        memory_bandwidth=_gbs(320, _T4, "", note="datasheet: '320+ GB/s'"),
+        cache_bytes=_l2(4, _TURING, "", note="not on the T4 datasheet: the TU104's L2"),
     ),
     "RTX 4090": HardwareSpec(
         "RTX 4090",
         flops={
-            "float32": _flops(82.6, _ADA, _RTX_CHECK),
-            "tf32": _flops(82.6, _ADA, _RTX_CHECK, note="dense; 165.2 with sparsity"),
+            "float32": _flops(82.6, _ADA, ""),
+            "tf32": _flops(82.6, _ADA, "", note="dense; 165.2 with sparsity"),
             "bfloat16": _flops(
-                165.2, _ADA, _RTX_CHECK, note="dense, FP32 accumulate; 330.4 with sparsity"
+                165.2, _ADA, "", note="dense, FP32 accumulate; 330.4 with sparsity"
             ),
             "float16": _flops(
                 165.2,
                 _ADA,
-                _RTX_CHECK,
+                "",
                 note="dense, FP32 accumulate (PyTorch's); 330.3 with FP16 accumulate",
             ),
         },
-        memory_bandwidth=_gbs(1008, _ADA, _RTX_CHECK),
-        cache_bytes=_l2(72, _ADA, _RTX_CACHE, note="the RTX 4090 enables 72 of AD102's 96 MB"),
+        memory_bandwidth=_gbs(1008, _ADA, ""),
+        cache_bytes=_l2(72, _ADA, "", note="the RTX 4090 enables 72 of AD102's 96 MB"),
     ),
 }
