@@ -4,9 +4,11 @@ Each interactive view (ipywidgets: a slider, and Play for the player) carries a 
 first frame for where widgets cannot run (a notebook opened untrusted, GitHub, exported HTML),
 and comes with a static matplotlib figure of the whole story, drawn by default.
 
-Text is drawn on a fixed character grid, in the widgets and the figures alike: a masked
-position is a grey cell, a token that the last step revealed is highlighted, every other
-character is printed as it is (a newline as \u21b5), so nothing moves as tokens are revealed."""
+Text is drawn on a character grid, in the widgets and the figures alike: a masked position is
+a grey cell, a token that the last step revealed is highlighted, every other character is
+printed as it is (a newline as \u21b5). Where the clean text is known (noising, notebook 04)
+its own lines set the rows, so code keeps its indentation; where it is not (denoising) the
+rows are a fixed `width` of positions. Either way nothing moves as tokens are revealed."""
 
 from __future__ import annotations
 
@@ -24,19 +26,34 @@ MASK_COLOR = "#b0b0b0"
 NEW_COLOR = "#ffd27f"
 
 
-def _grid(n_positions: int, width: int) -> list[tuple[int, int]]:
-    """(row, column) of each position: a fixed grid of `width` columns.
+def _grid(
+    n_positions: int, width: int, lines: Sequence[str] | None = None
+) -> list[tuple[int, int]]:
+    """(row, column) of each position.
 
-    The layout depends on positions only, never on the tokens, so a masked newline does not
-    move the text around and the panels of a trajectory line up.
+    Without `lines`: a fixed grid of `width` columns. With `lines` (the characters of the
+    clean text, one per position), a new row after each newline, and after `width` columns
+    of a longer line. Either way the layout never depends on what is masked, so a masked
+    newline does not move the text around and the panels of a trajectory line up.
     """
-    return [(pos // width, pos % width) for pos in range(n_positions)]
+    if lines is None:
+        return [(pos // width, pos % width) for pos in range(n_positions)]
+    cells, row, col = [], 0, 0
+    for ch in lines:
+        if col == width:
+            row, col = row + 1, 0
+        cells.append((row, col))
+        row, col = (row + 1, 0) if ch == "\n" else (row, col + 1)
+    return cells
 
 
-def _figure_size(n_positions: int, width: int, panels: int = 1) -> tuple[float, float]:
-    """Inches for `panels` grids of `n_positions` cells, `width` to a row (plus a title row)."""
-    rows = -(-n_positions // width)
-    return 9, 0.22 * (rows + 2) * panels
+def _n_rows(cells: list[tuple[int, int]]) -> int:
+    return max((row for row, _ in cells), default=0) + 1
+
+
+def _figure_size(n_rows: int, panels: int = 1) -> tuple[float, float]:
+    """Inches for `panels` grids of `n_rows` rows each (plus a title row)."""
+    return 9, 0.22 * (n_rows + 2) * panels
 
 
 def draw_tokens(
@@ -47,17 +64,20 @@ def draw_tokens(
     previous: torch.Tensor | Sequence[int] | None = None,
     width: int = 64,
     title: str | None = None,
+    lines: Sequence[str] | None = None,
 ) -> None:
     """Draw one sequence of ids on `ax` as a character grid; masked cells grey.
 
     With `previous` (the same sequence one step earlier), positions masked there and not here
-    are highlighted: what this step revealed.
+    are highlighted: what this step revealed. With `lines` (the clean text), rows follow its
+    lines (`_grid`).
     """
     tokenizer = tokenizer or CharTokenizer()
     ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
     prev = previous.tolist() if isinstance(previous, torch.Tensor) else previous
-    n_rows = max(1, -(-len(ids) // width))
-    for pos, ((row, col), i) in enumerate(zip(_grid(len(ids), width), ids, strict=True)):
+    cells = _grid(len(ids), width, lines)
+    n_rows = _n_rows(cells)
+    for pos, ((row, col), i) in enumerate(zip(cells, ids, strict=True)):
         y = n_rows - row - 1
         if i == tokenizer.mask_id:
             ax.add_patch(plt.Rectangle((col, y), 0.9, 0.9, color=MASK_COLOR, lw=0))
@@ -86,20 +106,22 @@ def _html(
     previous: Sequence[int] | None = None,
     *,
     width: int = 64,
+    lines: Sequence[str] | None = None,
 ) -> str:
-    """The widgets' view of one sequence: the static figures' fixed grid, as HTML.
+    """The widgets' view of one sequence: the static figures' grid, as HTML.
 
-    One cell per position, `width` to a row, so nothing moves when a masked newline is
-    revealed. A masked cell is a grey box of its own (a gap separates neighbours, so a run of
-    masks never merges into one bar); a cell this step revealed is highlighted.
+    One cell per position, placed where `_grid` puts it, so nothing moves when a masked
+    newline is revealed. A masked cell is a grey box of its own (a gap separates neighbours,
+    so a run of masks never merges into one bar); a cell this step revealed is highlighted.
     """
     cells = []
-    for pos, i in enumerate(ids):
+    for pos, (i, (row, col)) in enumerate(zip(ids, _grid(len(ids), width, lines), strict=True)):
+        place = f"grid-row:{row + 1};grid-column:{col + 1}"
         if i == tokenizer.mask_id:
-            cells.append(f'<span title="masked" style="background:{MASK_COLOR}"></span>')
+            cells.append(f'<span title="masked" style="{place};background:{MASK_COLOR}"></span>')
             continue
         ch = tokenizer.chars[i]
-        style = "color:#999" if ch in "\n\t" else ""
+        style = place + (";color:#999" if ch in "\n\t" else "")
         if previous is not None and previous[pos] == tokenizer.mask_id:
             style += f";background:{NEW_COLOR}"
         cells.append(f'<span style="{style}">{html.escape(_SHOWN.get(ch, ch))}</span>')
@@ -118,14 +140,23 @@ def plot_noising(
     tokenizer: CharTokenizer | None = None,
     width: int = 64,
 ) -> plt.Figure:
-    """Static figure: the text `x0` (L,) corrupted at each time in `ts`, one panel per t."""
+    """Static figure: the text `x0` (L,) corrupted at each time in `ts`, one panel per t.
+
+    The rows follow the lines of `x0`, so code keeps its indentation."""
     tokenizer = tokenizer or CharTokenizer()
-    fig, axes = plt.subplots(len(ts), 1, figsize=_figure_size(x0.numel(), width, len(ts)), dpi=90)
+    lines = _clean_lines(x0, tokenizer)
+    n_rows = _n_rows(_grid(x0.numel(), width, lines))
+    fig, axes = plt.subplots(len(ts), 1, figsize=_figure_size(n_rows, len(ts)), dpi=90)
     for ax, t in zip(axes if len(ts) > 1 else [axes], ts, strict=True):
         xt = corrupt(x0, t)
         frac = (xt == tokenizer.mask_id).float().mean().item()
         draw_tokens(
-            ax, xt, tokenizer, width=width, title=f"t = {t:.2f}: {frac:.0%} of tokens masked"
+            ax,
+            xt,
+            tokenizer,
+            width=width,
+            title=f"t = {t:.2f}: {frac:.0%} of tokens masked",
+            lines=lines,
         )
     fig.tight_layout()
     return fig
@@ -149,7 +180,7 @@ def plot_trajectory(
     fig, axes = plt.subplots(
         len(picks),
         1,
-        figsize=_figure_size(trajectory[0].numel(), width, len(picks)),
+        figsize=_figure_size(_n_rows(_grid(trajectory[0].numel(), width)), len(picks)),
         dpi=90,
     )
     axes = axes if len(picks) > 1 else [axes]
@@ -202,9 +233,21 @@ class WidgetWithPicture:
         return bundle
 
 
-def _frame(ids: torch.Tensor, tokenizer: CharTokenizer, title: str, width: int) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=_figure_size(ids.numel(), width), dpi=90)
-    draw_tokens(ax, ids, tokenizer, width=width, title=title)
+def _clean_lines(x0: torch.Tensor, tokenizer: CharTokenizer) -> list[str]:
+    """The characters of a clean sequence, which set the rows of its pictures."""
+    return [tokenizer.chars[i] for i in x0.tolist()]
+
+
+def _frame(
+    ids: torch.Tensor,
+    tokenizer: CharTokenizer,
+    title: str,
+    width: int,
+    lines: Sequence[str] | None = None,
+) -> plt.Figure:
+    n_rows = _n_rows(_grid(ids.numel(), width, lines))
+    fig, ax = plt.subplots(figsize=_figure_size(n_rows), dpi=90)
+    draw_tokens(ax, ids, tokenizer, width=width, title=title, lines=lines)
     fig.tight_layout()
     return fig
 
@@ -224,6 +267,7 @@ def noising_explorer(
 ) -> None:
     """A slider over t in [0, 1] showing `corrupt(x0, t)`; plus the static figure if `static`."""
     tokenizer = tokenizer or CharTokenizer()
+    lines = _clean_lines(x0, tokenizer)
     widgets, display = _widgets()
     if widgets is not None:
         out, caption = widgets.HTML(), widgets.Label()
@@ -233,11 +277,11 @@ def noising_explorer(
         def update(change=None, xt=None):
             xt = corrupt(x0, slider.value) if xt is None else xt
             caption.value = f"t = {slider.value:.2f}: {_masked_caption(xt, tokenizer)}"
-            out.value = _html(xt.tolist(), tokenizer, width=width)
+            out.value = _html(xt.tolist(), tokenizer, width=width, lines=lines)
 
         slider.observe(update, names="value")
         update(xt=first)
-        picture = _frame(first, tokenizer, caption.value, width)
+        picture = _frame(first, tokenizer, caption.value, width, lines)
         display(
             WidgetWithPicture(
                 widgets.VBox([slider, caption, out]),

@@ -103,3 +103,20 @@ def test_widgets_carry_a_picture_and_the_player_has_play(monkeypatch):
     assert caption.value == f"step 2/2: 0 of {x0.numel()} positions masked"
     assert "12 of 24 positions masked" in explorer.widget.children[1].value
     plt.close("all")
+
+
+def test_noising_pictures_keep_the_code_s_own_lines_and_indentation():
+    code = "def f(x):\n    return x + 1\n"
+    lines = list(code)
+    cells = viz._grid(len(code), 64, lines)
+    assert cells[code.index("    return")] == (1, 0)  # the second line starts a row
+    assert cells[code.index("return")] == (1, 4)  # and keeps its indentation
+    assert viz._grid(10, 4, list("abcdefghij"))[4:6] == [(1, 0), (1, 1)]  # long lines wrap
+    x0 = torch.tensor(TOK.encode(code))
+    for xt in (x0, _masked(x0, 3), torch.full_like(x0, TOK.mask_id)):  # masks move nothing
+        page = viz._html(xt.tolist(), TOK, width=64, lines=lines)
+        assert "grid-row:2;grid-column:5" in page
+    fig = viz.plot_noising(x0, lambda x, t: x, ts=(0.0,))
+    texts = [t for t in fig.axes[0].texts if t.get_text() == "r"]
+    assert texts and texts[0].get_position()[0] == pytest.approx(4.45)  # column 4: indented
+    plt.close(fig)
