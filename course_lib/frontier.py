@@ -40,11 +40,8 @@ PPL_RATIO = 1.10  # matched: judge perplexity at most this times AR's (temperatu
 ENTROPY_BITS = 0.15  # matched: unigram entropy within this many bits of AR's
 REFERENCE = ("ar", {"temperature": 1.0})  # the sampler whose samples define "matched"
 DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral")
-DEFAULT_DIFFUSION = (
-    "bd3lm-small",
-    "mdlm-small",
-    "bd3lm-ar-b4",
-)  # the diffusion checkpoints compared
+# the diffusion checkpoints compared
+DEFAULT_DIFFUSION = ("bd3lm-small", "mdlm-small", "bd3lm-ar-b4", "bd3lm-ar-b16")
 
 PROTOCOL = {
     "batch": "1: every sample is its own call, as one user's stream",
