@@ -104,12 +104,16 @@ def _bench(args: argparse.Namespace) -> int:
 def _frontier(args: argparse.Namespace) -> int:
     import torch
 
-    from course_lib import frontier
+    from course_lib import env, frontier
 
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.verdict_only:
+        path = args.out or env.DATA_DIR / "results" / "frontier-cpu.json"
+        print(frontier.rewrite_verdict(path)["sentence"])
+        return 0
     frontier.run_frontier(
         judge=args.judge,
         ar=args.ar,
@@ -233,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=32, help="samples per row (default 32)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", help="JSON file (default: data/results/frontier-DEVICE.json)")
+    p.add_argument(
+        "--verdict-only", action="store_true", help="recompute the verdict of an existing file"
+    )
     p.set_defaults(run=_frontier)
     args = parser.parse_args(argv)
     try:

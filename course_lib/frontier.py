@@ -65,6 +65,9 @@ PROTOCOL = {
     "training text (pystdlib's train split): max and median over samples",
     "matched_quality": f"judge_ppl <= {PPL_RATIO} x that of AR's samples at temperature 1, and "
     f"|entropy_bits - theirs| <= {ENTROPY_BITS}",
+    "verdict": "the fastest matched diffusion row against AR at temperature 1 and against the "
+    "fastest speculative row (matched or not: it writes AR's own distribution), measured here "
+    "and predicted per GPU",
 }
 
 
@@ -384,7 +387,9 @@ def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
     reference = mark_matched(rows)
     diffusion = [r for r in rows if r["sampler"] in DIFFUSION_SAMPLERS]
     matched = [r for r in diffusion if r["matched_quality"]]
-    speculative = [r for r in rows if r["sampler"] == "speculative" and r["matched_quality"]]
+    # speculative decoding writes exactly AR's distribution (tests/test_speculative.py): its
+    # rows count whatever their measured quality, which differs from AR's only by noise
+    speculative = [r for r in rows if r["sampler"] == "speculative"]
     closest = min(diffusion, key=lambda r: quality_gap(r, reference), default=None)
 
     def compare(speed: Callable[[dict], float]) -> dict:
@@ -453,6 +458,17 @@ def _sentence(v: dict) -> str:
         )
         + f"; predicted to beat both on {len(won)} of {len(v['gpus'])} catalog GPUs."
     )
+
+
+def rewrite_verdict(path: str | Path) -> dict:
+    """Recompute the verdict of a frontier file from its rows (after a change of the rule)."""
+    from course_lib import hardware
+
+    path = Path(path)
+    result = json.loads(path.read_text())
+    result["verdict"] = verdict(result["rows"], list(hardware.CATALOG))
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return result["verdict"]
 
 
 def run_frontier(
