@@ -188,9 +188,7 @@ CATALOG: dict[str, HardwareSpec] = {
         flops={
             "float32": _flops(82.6, _ADA, ""),
             "tf32": _flops(82.6, _ADA, "", note="dense; 165.2 with sparsity"),
-            "bfloat16": _flops(
-                165.2, _ADA, "", note="dense, FP32 accumulate; 330.4 with sparsity"
-            ),
+            "bfloat16": _flops(165.2, _ADA, "", note="dense, FP32 accumulate; 330.4 with sparsity"),
             "float16": _flops(
                 165.2,
                 _ADA,
