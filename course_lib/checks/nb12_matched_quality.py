@@ -26,33 +26,52 @@ def check_perplexity_with_error(perplexity_with_error) -> bool:
             mean = bits.mean().item()
             want_ppl = 2.0**mean
             want_se = want_ppl * math.log(2) * bits.std().item() / math.sqrt(n)
-            if math.isclose(ppl, math.exp(mean), rel_tol=1e-6):
-                raise CheckFailed(
-                    "the samples' scores are bits (log base 2): the perplexity is 2 ** mean, not e ** mean"
-                )
-            if math.isclose(ppl, (2.0**bits).mean().item(), rel_tol=1e-9):
-                raise CheckFailed(
-                    "you averaged the samples' perplexities: average their bits, then "
-                    "exponentiate (a mean of 2**b is larger than 2**(mean b): Jensen's inequality)"
-                )
+            population = want_ppl * math.log(2) * bits.std(correction=0).item() / math.sqrt(n)
+            # (answer, what a typical mistake gives, rel_tol, hint): checked in this order
+            mistakes = [
+                (
+                    ppl,
+                    math.exp(mean),
+                    1e-6,
+                    "the samples' scores are bits (log base 2): the "
+                    "perplexity is 2 ** mean, not e ** mean",
+                ),
+                (
+                    ppl,
+                    (2.0**bits).mean().item(),
+                    1e-9,
+                    "you averaged the samples' perplexities: "
+                    "average their bits, then exponentiate (a mean of 2**b is larger than "
+                    "2**(mean b): Jensen's inequality)",
+                ),
+                (
+                    se,
+                    want_se / math.log(2),
+                    1e-4,
+                    "close: the derivative of 2**m is 2**m * ln 2, not 2**m; the ln 2 is missing",
+                ),
+                (
+                    se,
+                    want_se * math.sqrt(n),
+                    1e-4,
+                    "that is the spread of one sample's score, "
+                    "not of the mean: divide the standard deviation by sqrt(n)",
+                ),
+                (
+                    se,
+                    population,
+                    1e-6,
+                    "use the sample standard deviation (divide by n - 1: "
+                    "torch's default), the usual estimate of the spread from n samples",
+                ),
+            ]
+            for answer, mistaken, rtol, hint in mistakes:
+                if math.isclose(answer, mistaken, rel_tol=rtol):
+                    raise CheckFailed(hint)
             if not math.isclose(ppl, want_ppl, rel_tol=1e-6):
                 raise CheckFailed(
-                    f"for these {n} samples the perplexity should be 2 ** mean(bits) = {want_ppl:.4f}, got {ppl:.4f}"
-                )
-            if math.isclose(se, want_se / math.log(2), rel_tol=1e-4):
-                raise CheckFailed(
-                    "close: the derivative of 2**m is 2**m * ln 2, not 2**m; the ln 2 is missing"
-                )
-            if math.isclose(se, want_se * math.sqrt(n), rel_tol=1e-4):
-                raise CheckFailed(
-                    "that is the spread of one sample's score, not of the mean: divide the "
-                    "standard deviation by sqrt(n)"
-                )
-            population = want_ppl * math.log(2) * bits.std(correction=0).item() / math.sqrt(n)
-            if math.isclose(se, population, rel_tol=1e-6):
-                raise CheckFailed(
-                    "use the sample standard deviation (divide by n - 1: torch's default), "
-                    "the usual estimate of the spread from n samples"
+                    f"for these {n} samples the perplexity should be 2 ** mean(bits) = "
+                    f"{want_ppl:.4f}, got {ppl:.4f}"
                 )
             if not math.isclose(se, want_se, rel_tol=1e-4):
                 raise CheckFailed(
