@@ -116,7 +116,7 @@ register(
 # -- notebook 12's levers: block diffusion started from the AR model, and shorter blocks ------
 
 _FINE_TUNE = replace(PRESETS["bd3lm-small"].train, steps=1500, lr=5e-4, warmup_steps=50)
-for _block in (4, 8, 16):
+for _block in (2, 4, 8, 16):
     register(
         Preset(
             name=f"bd3lm-ar-b{_block}",
