@@ -2,6 +2,7 @@
 
 train --preset NAME   train (or resume) a preset; checkpoints under data/runs/NAME/
 ship --preset NAME    copy a finished run to data/checkpoints/NAME.pt (16-bit, in the manifest)
+                      and its training curve to data/results/training-curves.json
 doctor                check that this machine is ready for the course
 bench --suite NAME    benchmark the samplers (quick, cpu, gpu); JSON in data/results/
 evaluate              held-out bits per character of the shipped checkpoints; JSON in data/results/
@@ -46,6 +47,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _ship(args: argparse.Namespace) -> int:
     import datetime
+    import json
 
     from course_lib import checkpoints, data, env, presets
 
@@ -58,7 +60,8 @@ def _ship(args: argparse.Namespace) -> int:
             f"{src} has trained {steps} of {preset.train.steps} steps; finish it "
             f"(python -m course_lib train --preset {preset.name}) or pass --unfinished"
         )
-    last = state["history"][-1] if state.get("history") else {}
+    history = state.get("history") or []
+    last = history[-1] if history else {}
     metadata = {
         "preset": preset.name,
         "objective": preset.train.objective,
@@ -72,9 +75,24 @@ def _ship(args: argparse.Namespace) -> int:
     }
     if preset.init_from is not None:  # training_tokens counts this run's only
         metadata["init_from"] = f"{preset.init_from}.pt"
-    dst = env.DATA_DIR / "checkpoints" / f"{preset.name}.pt"
-    checkpoints.export_checkpoint(src, dst, metadata=metadata)
-    print(f"shipped {dst} ({dst.stat().st_size / 1e6:.1f} MB): {metadata}")
+    if not args.curve_only:
+        dst = env.DATA_DIR / "checkpoints" / f"{preset.name}.pt"
+        checkpoints.export_checkpoint(src, dst, metadata=metadata)
+        print(f"shipped {dst} ({dst.stat().st_size / 1e6:.1f} MB): {metadata}")
+    # the run's validation curve, which the shipped file does not keep (notebooks 05 and 12)
+    curves_path = env.DATA_DIR / "results" / "training-curves.json"
+    curves = json.loads(curves_path.read_text()) if curves_path.exists() else {}
+    curves[preset.name] = {
+        **{k: v for k, v in metadata.items() if k != "shipped"},
+        "description": preset.description,
+        "tokens_per_step": preset.train.batch_size * preset.train.seq_len,
+        "history": [
+            {k: row[k] for k in ("step", "train_loss", "val_bits") if k in row} for row in history
+        ],
+    }
+    curves_path.parent.mkdir(parents=True, exist_ok=True)
+    curves_path.write_text(json.dumps(dict(sorted(curves.items())), indent=1) + "\n")
+    print(f"{len(history)} evaluations of {preset.name} written to {curves_path}")
     return 0
 
 
@@ -206,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("ship", help="copy a finished run to data/checkpoints/ (16-bit)")
     p.add_argument("--preset", required=True, help="a preset whose run is in data/runs/PRESET")
     p.add_argument("--unfinished", action="store_true", help="ship a run that has not finished")
+    p.add_argument(
+        "--curve-only", action="store_true", help="record the training curve, not the weights"
+    )
     p.set_defaults(run=_ship)
     p = commands.add_parser("doctor", help="check that this machine is ready for the course")
     p.set_defaults(run=_doctor)

@@ -160,3 +160,27 @@ def test_ship_records_the_checkpoint_a_fine_tuned_run_started_from(tmp_path, mon
     assert "init_from" not in manifest["ar-tiny.pt"]
     assert manifest[f"{tuned.name}.pt"]["training_tokens"] == 2 * 16 * 64  # this run's only
     capsys.readouterr()
+
+
+def test_ship_records_the_training_curve_with_or_without_the_weights(tmp_path, monkeypatch):
+    import json
+
+    from course_lib import env
+
+    monkeypatch.setattr(env, "DATA_DIR", tmp_path)
+    assert main(["train", "--preset", "ar-tiny", "--steps", "40"]) == 0
+    assert main(["ship", "--preset", "ar-tiny", "--unfinished", "--curve-only"]) == 0
+    assert not (tmp_path / "checkpoints" / "ar-tiny.pt").exists()  # only the curve
+    curves = json.loads((tmp_path / "results" / "training-curves.json").read_text())
+    run = checkpoints.read_checkpoint(tmp_path / "runs" / "ar-tiny" / "last.pt")["train_state"]
+    assert [row["step"] for row in curves["ar-tiny"]["history"]] == [20, 40]  # eval_every 20
+    assert [row["val_bits"] for row in curves["ar-tiny"]["history"]] == [
+        row["val_bits"] for row in run["history"]
+    ]
+    assert curves["ar-tiny"]["tokens_per_step"] == 16 * 64
+    assert main(["ship", "--preset", "mdlm-tiny", "--curve-only"]) == 2  # no run: refused
+    assert main(["ship", "--preset", "ar-tiny", "--unfinished"]) == 0  # weights and curve
+    assert (tmp_path / "checkpoints" / "ar-tiny.pt").exists()
+    assert set(json.loads((tmp_path / "results" / "training-curves.json").read_text())) == {
+        "ar-tiny"
+    }
