@@ -503,11 +503,6 @@ class FastDiffusionSampler:
             return run(prompt, generator)
 
 
-def _quota(n_masked: int, left_after: int) -> int:
-    """How many tokens "confidence" commits: down to the schedule's count, at least one."""
-    return min(max(n_masked - left_after, 1), n_masked)
-
-
 class _Run:
     """One call of a `FastDiffusionSampler`: the block loop and the two kinds of step."""
 
@@ -564,8 +559,7 @@ class _Run:
             if probs is None or changed or not self.options.skip_unchanged:
                 probs = self._probs(x, start, end)  # (B, b, V)
                 self.nfe += 1
-            alpha_t, alpha_s = self.alphas[j], self.alphas[j + 1]
-            p_unmask = 1.0 if j == steps - 1 else (alpha_s - alpha_t) / (1 - alpha_t)
+            p_unmask = sampling.reveal_probability(self.alphas, j)
             u = _uniforms(block.shape, generator, x.device)  # (B, b)
             proposal = sample_categorical(probs, generator)  # (B, b)
             unmask = (block == self.mask_id) & (u < p_unmask)
@@ -580,18 +574,13 @@ class _Run:
 
     def _confident(self, x, start, end, counts, generator) -> None:
         steps = len(self.alphas) - 1
-        B, b = x.shape[0], end - start
-        mask_probs = 1 - torch.tensor(self.alphas[1:], dtype=torch.float64)  # (steps,)
-        # the schedule's masks left after each step, per row: (B, steps), as the reference
-        n_start = torch.tensor(counts, dtype=torch.float64)
-        left_after = torch.round(n_start[:, None] * mask_probs[None, :]).long()
-        left_after[:, -1] = 0
+        # the schedule's masks left after each step, per row: (B, steps), the reference's rule
+        left_after = sampling.masks_left_after(torch.tensor(counts), self.alphas)
         left_host, left_after = left_after.tolist(), left_after.to(x.device)
         # "confidence" commits exactly its quota, so the host can follow the mask counts
         # without reading them back; "threshold" commits more, so it must read them
         host_knows = self.options.no_sync and self.threshold is None
         n_host = list(counts)
-        ranks = torch.arange(b, device=x.device)
         for j in range(steps):
             block = x[:, start:end]  # (B, b), a view: commits write into x
             if host_knows and not any(n_host):
@@ -602,22 +591,20 @@ class _Run:
             probs = self._probs(x, start, end)  # (B, b, V)
             self.nfe += 1
             proposal = sample_categorical(probs, generator)  # (B, b)
-            conf = sampling.position_confidence(probs, proposal, self.confidence)
-            conf = conf.masked_fill(~masked, float("-inf"))  # only masked positions compete
-            order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # (B, b)
-            if self.options.vectorized_unmask:  # every row's quota at once, on the device
-                n_masked = masked.sum(1)  # (B,)
-                quota = torch.minimum((n_masked - left_after[:, j]).clamp(min=1), n_masked)
-                commit = torch.zeros_like(masked).scatter(1, order, ranks < quota[:, None])
-            else:  # row by row, reading each row's count back
+            rule = (self.confidence, self.threshold)  # the reference's step rule, shared
+            if self.options.vectorized_unmask:  # every row at once, on the device
+                commit = sampling.confident_commit(probs, proposal, masked, left_after[:, j], *rule)
+            else:  # row by row, reading each row's count back to pass over a finished row
                 commit = torch.zeros_like(masked)
-                for row in range(B):
-                    quota = _quota(int(masked[row].sum()), left_host[row][j])
-                    commit[row, order[row, :quota]] = True
-            if self.threshold is not None:
-                commit |= masked & (conf > self.threshold)
+                for r in range(x.shape[0]):
+                    if int(masked[r].sum()):
+                        rows = slice(r, r + 1)
+                        commit[rows] = sampling.confident_commit(
+                            probs[rows], proposal[rows], masked[rows], left_after[rows, j], *rule
+                        )
             block.copy_(torch.where(commit, proposal, block))
-            n_host = [n - _quota(n, left[j]) for n, left in zip(n_host, left_host, strict=True)]
+            quota = sampling.commit_quota  # what the host knows each row committed
+            n_host = [n - quota(n, left[j]) for n, left in zip(n_host, left_host, strict=True)]
             self.steps_taken += 1
 
 

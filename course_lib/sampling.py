@@ -243,6 +243,65 @@ def position_confidence(probs: torch.Tensor, proposal: torch.Tensor, kind: str) 
     raise ValueError(f"unknown confidence {kind!r}: choose one of {CONFIDENCES}")
 
 
+# The step rules. Every diffusion sampler of the course, the reference ones here and the
+# optimized one in `fast`, decides what a step reveals with these functions, so the two cannot
+# drift apart: a change here changes both, and the tests that compare them still hold.
+
+
+def reveal_probability(alphas: list[float], j: int) -> float:
+    """The chance that ancestral step j (from alphas[j] to alphas[j + 1]) unmasks a masked
+    token: (alpha_s - alpha_t) / (1 - alpha_t), set to exactly 1 at the last step (alpha = 1
+    there makes the ratio 1 up to rounding)."""
+    if j == len(alphas) - 2:
+        return 1.0
+    alpha_t, alpha_s = alphas[j], alphas[j + 1]  # from time t down to time s < t
+    return (alpha_s - alpha_t) / (1 - alpha_t)
+
+
+def masks_left_after(n_masked: torch.Tensor, alphas: list[float]) -> torch.Tensor:
+    """How many masks each row may still hold after each step: (B, steps) int64, 0 after the
+    last. `n_masked` (B,) counts each row's masks before the first step; the schedule keeps
+    round(n_masked * (1 - alpha)) of them after a step that ends at alpha."""
+    mask_probs = 1 - torch.tensor(alphas[1:], dtype=torch.float64, device=n_masked.device)
+    left = torch.round(n_masked.double()[:, None] * mask_probs[None, :]).long()
+    left[:, -1] = 0
+    return left
+
+
+def commit_quota(n_masked, left_after):
+    """How many tokens a "confidence" step commits: down to the schedule's count, at least one,
+    at most what is masked. Ints (the host's bookkeeping) or (B,) tensors alike."""
+    if isinstance(n_masked, torch.Tensor):
+        return torch.minimum((n_masked - left_after).clamp(min=1), n_masked)
+    return min(max(n_masked - left_after, 1), n_masked)
+
+
+def confident_commit(
+    probs: torch.Tensor,
+    proposal: torch.Tensor,
+    masked: torch.Tensor,
+    left_after: torch.Tensor,
+    kind: str,
+    threshold: float | None,
+) -> torch.Tensor:
+    """Which positions a confidence or threshold step commits: (B, L) bool.
+
+    probs (B, L, V), the drawn `proposal` (B, L) and `masked` (B, L); `left_after` (B,) is the
+    schedule's count for this step (`masks_left_after`). The masked positions are ranked by
+    `position_confidence` (ties keep position order) and the first `commit_quota` of each row
+    are committed; with a `threshold`, so is every masked position whose confidence is above it.
+    """
+    conf = position_confidence(probs, proposal, kind)  # (B, L) in [0, 1]
+    conf = conf.masked_fill(~masked, float("-inf"))  # only masked positions compete
+    quota = commit_quota(masked.sum(1), left_after)  # (B,)
+    order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # (B, L)
+    in_quota = torch.arange(masked.shape[1], device=masked.device)[None, :] < quota[:, None]
+    commit = torch.zeros_like(masked).scatter(1, order, in_quota)  # (B, L), by position
+    if threshold is not None:
+        commit |= masked & (conf > threshold)
+    return commit
+
+
 @torch.inference_mode()
 def sample_diffusion(
     denoiser: diffusion.Denoiser,
@@ -370,9 +429,7 @@ def _ancestral(denoiser, x, alphas, mask_id, temperature, generator, *, cached, 
             logits = diffusion.denoise(denoiser, x, mask_id)  # (B, L, V)
             probs = logits_to_probs(logits, temperature)  # (B, L, V) float64
             nfe += 1
-        alpha_t, alpha_s = alphas[j], alphas[j + 1]  # from time t down to time s < t
-        # the last step unmasks everything: alpha(0) = 1 makes the ratio 1, set it exactly
-        p_unmask = 1.0 if j == steps - 1 else (alpha_s - alpha_t) / (1 - alpha_t)
+        p_unmask = reveal_probability(alphas, j)
         u = _uniforms(x.shape, generator, x.device)  # (B, L)
         proposal = sample_categorical(probs, generator)  # (B, L): never the mask id
         unmask = masked & (u < p_unmask)
@@ -388,12 +445,7 @@ def _confident(
     denoiser, x, alphas, mask_id, temperature, generator, *, kind, threshold, trajectory
 ):
     steps = len(alphas) - 1
-    B, L = x.shape
-    n_start = (x == mask_id).sum(1).double()  # (B,)
-    mask_probs = 1 - torch.tensor(alphas[1:], dtype=torch.float64, device=x.device)  # (steps,)
-    # how many masks each row may still hold after step j: (B, steps), 0 after the last step
-    left_after = torch.round(n_start[:, None] * mask_probs[None, :]).long()
-    left_after[:, -1] = 0
+    left_after = masks_left_after((x == mask_id).sum(1), alphas)  # (B, steps)
     nfe, steps_taken = 0, 0
     for j in range(steps):
         masked = x == mask_id  # (B, L)
@@ -403,15 +455,7 @@ def _confident(
         nfe += 1
         probs = logits_to_probs(logits, temperature)  # (B, L, V) float64
         proposal = sample_categorical(probs, generator)  # (B, L)
-        conf = position_confidence(probs, proposal, kind)  # (B, L) in [0, 1]
-        conf = conf.masked_fill(~masked, float("-inf"))  # only masked positions compete
-        n_masked = masked.sum(1)  # (B,)
-        quota = torch.minimum((n_masked - left_after[:, j]).clamp(min=1), n_masked)  # (B,)
-        order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # (B, L)
-        in_quota = torch.arange(L, device=x.device)[None, :] < quota[:, None]  # (B, L), sorted
-        commit = torch.zeros_like(masked).scatter(1, order, in_quota)  # (B, L), by position
-        if threshold is not None:
-            commit |= masked & (conf > threshold)
+        commit = confident_commit(probs, proposal, masked, left_after[:, j], kind, threshold)
         x = torch.where(commit, proposal, x)
         steps_taken += 1
         if trajectory is not None:

@@ -103,6 +103,50 @@ def test_the_cases_exercise_what_the_stages_change(models, references):
     assert cached.nfe == by_case[0].nfe + L // BLOCK - 1
 
 
+def test_the_threshold_is_strict_in_the_fast_sampler_too(models):
+    """A model with enormous logits is certain (probability exactly 1 in float64) at most
+    positions. threshold=1.0 commits nothing beyond the quota (no confidence *exceeds* 1), so
+    it decodes exactly like "confidence"; a threshold just below 1 commits them at once."""
+    sure = make("block_causal")
+    with torch.no_grad():
+        sure.head.weight.mul_(1e4)
+    sampler = fast.FastDiffusionSampler(sure, length=L, batch_size=3)
+
+    def draw(**settings):
+        return sampler(
+            steps_per_block=BLOCK, generator=torch.Generator().manual_seed(0), **settings
+        )
+
+    quota_only = draw(strategy="confidence")
+    at_one = draw(strategy="threshold", threshold=1.0)
+    assert torch.equal(at_one.tokens, quota_only.tokens)
+    assert at_one.steps_taken == quota_only.steps_taken == L  # one token per step
+    below_one = draw(strategy="threshold", threshold=1 - 1e-9)
+    assert below_one.steps_taken < L / 2  # the certain positions went at once: not vacuous
+
+
+def test_every_sampler_takes_its_step_rule_from_sampling(models, monkeypatch):
+    """One rule for the reference and the fast samplers: `sampling.confident_commit` decides
+    every confidence and threshold step of both (row by row before `vectorized_unmask`, all
+    rows at once after), so a change to the rule cannot reach one of them only."""
+    calls = []
+    rule = sampling.confident_commit
+
+    def spy(*args):
+        calls.append(args[-2:])  # (confidence kind, threshold)
+        return rule(*args)
+
+    monkeypatch.setattr(sampling, "confident_commit", spy)
+    for options in (None, CPU_STAGES[0][1], CPU_STAGES[-1][1]):  # reference, naive, fastest
+        calls.clear()
+        out = run_case(models, CASES[2], 0, options)  # threshold 0.1, with a prompt
+        if options is CPU_STAGES[0][1]:  # the naive stage: once per row still masked
+            assert out.steps_taken < len(calls) <= 3 * out.steps_taken
+        else:
+            assert len(calls) == out.steps_taken
+        assert set(calls) == {("low_confidence", 0.1)}
+
+
 @pytest.mark.parametrize("i", [0, 1, 2, 3, 8])  # the block-causal cases, prompts included
 def test_a_fused_commit_writes_the_same_tokens_with_one_forward_fewer_per_block(i, models):
     """The next block's first forward also writes the finished block into the cache."""
