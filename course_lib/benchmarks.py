@@ -400,11 +400,13 @@ def _checkpoint(name: str, device: torch.device):
     return checkpoints.load_checkpoint(path, device=device) if path.exists() else None
 
 
-def quality_rows(suite: Suite, *, batch_size: int) -> None:
+def quality_rows(suite: Suite, *, batch_size: int, length: int | None = None) -> None:
     """Speed and quality of the shipped checkpoints (skipped where one is missing).
 
     The float32 fast samplers write the references' tokens; on a GPU the bf16 ones do not,
     so their quality is measured beside (and their token agreement with the reference).
+    Samples are `length` tokens long (default: each model's context); MDLM takes one step
+    per token.
     """
     from course_lib import data, fast, metrics
 
@@ -445,17 +447,19 @@ def quality_rows(suite: Suite, *, batch_size: int) -> None:
             "bd3lm-small",
             dict(steps_per_block=16, strategy="threshold", threshold=0.9, confidence="margin"),
         ),
-        ("mdlm-small", dict(steps_per_block=128, strategy="ancestral")),
+        ("mdlm-small", dict(strategy="ancestral")),
     ):
         model = _checkpoint(name, device)
         if model is None:
             suite.note(f"quality: data/checkpoints/{name}.pt is missing; its rows are skipped")
             continue
+        n = length or model.config.context_len
+        settings = {"steps_per_block": n, **settings}  # MDLM: one step per token
         diffusion_rows(
             suite,
             model,
             section=f"quality {name}.pt",
-            length=model.config.context_len,
+            length=n,
             batch_size=batch_size,
             stages=stages,
             quality=quality,
@@ -466,7 +470,7 @@ def quality_rows(suite: Suite, *, batch_size: int) -> None:
         suite,
         scorer,
         section="quality ar-small.pt (scored by itself: a sanity check)",
-        n_tokens=scorer.config.context_len - 1,
+        n_tokens=(length or scorer.config.context_len) - 1,
         batch_size=batch_size,
         stages=ar_stages,
         quality=quality,
@@ -719,7 +723,8 @@ def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
         batches=(1, 2) if smoke else (1, 16, 64),
         full_batches=(1,) if smoke else (1, 8),
     )
-    quality_rows(suite, batch_size=2 if smoke else 16)  # smoke: the code, not the numbers
+    # smoke: the code, not the numbers (two blocks of the shipped models)
+    quality_rows(suite, batch_size=2 if smoke else 16, length=32 if smoke else None)
     if compile:  # last: the slowest rows, and the ones most likely to need a retry
         diffusion_rows(
             suite,

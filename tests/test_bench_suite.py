@@ -89,6 +89,11 @@ def test_the_gpu_suite_on_tiny_shapes_skips_cuda_rows_with_a_reason(tmp_path):
         "break_even_tokens_per_step" in r for r in sizes if r["sampler"] == "block_diffusion"
     )
     assert {row["batch"] for row in rows if row["section"] == "batch sweep"} == {2}
+    scored = [row for row in rows if row["section"].startswith("quality") and "quality" in row]
+    for name in ("bd3lm-small.pt", "mdlm-small.pt", "ar-small.pt"):  # the shipped models
+        assert any(name in row["section"] for row in scored), name
+    assert all(row["quality"]["generative_perplexity"] > 1 for row in scored)
+    assert all(row["tokens_per_s"] > 0 for row in scored)
 
 
 def test_a_failing_row_is_reported_and_the_suite_goes_on(tmp_path, monkeypatch):
