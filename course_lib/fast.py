@@ -52,9 +52,11 @@ The diffusion switches, in the order the stages add them:
   Intel processors; oneDNN generates its kernels for the CPU it finds (AVX-512 where there
   is one; notebook 09 times both). Its sums run in another order, so logits move in the last
   bits: its tokens are checked, not assumed.
-- bf16 (CUDA): a bfloat16 copy of the weights (as gpt-fast keeps them: a decode step reads
-  every weight, so their bytes are its time) and bfloat16 autocast; SDPA then runs its
-  fused flash / memory-efficient kernels.
+- bf16 (in the GPU stages; on a CPU when asked): a 16-bit copy of the weights (as gpt-fast
+  keeps them: a decode step reads every weight, so their bytes are its time) and autocast,
+  in the dtype `half_dtype` picks by capability: bfloat16 on GPUs that have it, float16
+  with float32 logits on those that do not (a T4), bfloat16 on a CPU whose bfloat16 units
+  measure faster than float32 (refused elsewhere). SDPA then runs its fused kernels.
 - cuda_graphs (CUDA): capture the step once and replay it: one launch instead of hundreds.
 - compile: torch.compile of the step, fusing its small kernels (compile time is reported
   apart by the benchmarks; on a CPU it takes a minute and buys little). It compiles the
@@ -66,7 +68,8 @@ inference_mode; no_sync (tokens stay on the device instead of passing through Py
 kv_cache; static_buffers (a preallocated output, the static cache and a decode step of fixed
 shape); prepacked_weights (CPU); bf16, cuda_graphs and compile. Batching is no switch: every
 sampler takes a `batch_size`, and the benchmarks sweep it. `stages_for(device)` lists the
-stages a device can run (on a CPU: no bf16, no CUDA graphs; on a GPU: no prepacked weights).
+stages a device can run (on a CPU: no bf16, no CUDA graphs; on a GPU: no prepacked weights);
+on a CPU with fast bfloat16, `cpu_bf16_stage` adds bf16 to the last float32 stage.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from course_lib import diffusion, sampling
+from course_lib import diffusion, env, sampling
 from course_lib.model import KVCache, Transformer, apply_rotary, attention_mask
 
 # the reference's own helpers: both samplers start from the same x_1 and draw the same numbers
@@ -173,15 +176,32 @@ def stages_for(device: torch.device | str, stages: list | None = None) -> list:
     return runnable
 
 
+def cpu_bf16_stage(stages: list | None = None) -> tuple[str, object] | None:
+    """("bf16", options): the last float32 CPU stage of `stages` (default: the diffusion
+    sampler's) with bf16 on and prepacked_weights off, where this CPU's bfloat16 is measured
+    fast (`half_dtype`); None elsewhere. Not in `stages_for`: on a CPU the course's stages keep
+    float32's tokens, and bf16 changes them, so its text is judged by quality instead."""
+    if half_dtype("cpu") is None:
+        return None
+    runnable = [s for s in stages_for("cpu", stages) if not s[1].compile]
+    return "bf16", replace(runnable[-1][1], bf16=True, prepacked_weights=False)
+
+
 def _check_options(options, model: Transformer) -> None:
     parameter = next(model.parameters())
     device = parameter.device
-    missing = needs_cuda(options)
-    if missing and device.type != "cuda":
+    if options.cuda_graphs and device.type != "cuda":
         raise ValueError(
-            f"{missing} need a CUDA device, this model is on {device}; turn them off (on a CPU "
-            "bf16 would change the tokens, and CUDA graphs do not exist)"
+            f"cuda_graphs needs a CUDA device, this model is on {device}: turn it off (CUDA "
+            "graphs do not exist there)"
         )
+    if options.bf16 and half_dtype(device) is None:
+        raise ValueError(
+            f"bf16 needs a device with fast 16-bit arithmetic, and {device} has none here (a "
+            "CPU without bfloat16 units emulates it, many times slower than float32): turn it off"
+        )
+    if options.bf16 and options.prepacked_weights:
+        raise ValueError("prepacked_weights packs float32 weights: turn it or bf16 off")
     if (options.compile or options.cuda_graphs) and not options.static_buffers:
         raise ValueError("compile and cuda_graphs need static shapes: turn static_buffers on")
     if options.prepacked_weights:
@@ -204,11 +224,50 @@ def _check_options(options, model: Transformer) -> None:
             raise ValueError(f"prepacked_weights cannot run here: {packing_problem()}")
 
 
+def half_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The 16-bit dtype the `bf16` switch runs in on `device`, chosen by capability.
+
+    - a CUDA GPU with bfloat16 (Ampere and newer): bfloat16;
+    - a CUDA GPU without it (a T4, the free classroom GPU): float16, with the final layer
+      norm and the logits kept in float32 (float16's range is narrow; the sampler's softmax
+      is float64 anyway);
+    - a CPU: bfloat16 where it has bfloat16 units *and* a bfloat16 matmul measures at least
+      1.5x faster than float32 (`env.autocast_dtype`, training's own rule); without units it
+      is emulated, often many times slower, and the switch is refused;
+    - anything else: None (float32 only).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return env.autocast_dtype(device)
+    return None
+
+
+class _InFloat32(nn.Module):
+    """A layer run in float32 whatever its input and any autocast (float16's logits)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.layer(x.float())
+
+
 def _working_model(model: Transformer, options, rows: int) -> Transformer:
-    """The model a sampler runs: with bf16, a bfloat16 copy; with prepacked_weights, a copy
-    whose weights are laid out for steps of `rows` rows (the caller's stays as it is)."""
-    if options.bf16 and next(model.parameters()).dtype != torch.bfloat16:
-        return copy.deepcopy(model).to(torch.bfloat16)
+    """The model a sampler runs: with bf16, a 16-bit copy (`half_dtype`); with
+    prepacked_weights, a copy whose weights are laid out for steps of `rows` rows (the
+    caller's model stays as it is)."""
+    if options.bf16:
+        dtype = half_dtype(next(model.parameters()).device)
+        if next(model.parameters()).dtype == dtype:
+            return model
+        working = copy.deepcopy(model).to(dtype)
+        if dtype == torch.float16:  # float32 logits: the last norm and the head in float32
+            working.ln_f, working.head = _InFloat32(working.ln_f), _InFloat32(working.head)
+        return working
     if options.prepacked_weights:
         return prepack_weights(model, rows)
     return model
@@ -354,14 +413,15 @@ class _Step:
 
     def __init__(self, fn: Callable, options, device: torch.device) -> None:
         self.options, self.device = options, device
+        self.half = half_dtype(device) if options.bf16 else None
         self.fn = torch.compile(fn, fullgraph=True, dynamic=False) if options.compile else fn
         self.graphs: dict[tuple, GraphedStep] = {}
 
     def _autocast(self):
-        if not self.options.bf16:
+        if self.half is None:
             return contextlib.nullcontext()
         # the autocast cache must be off while capturing a CUDA graph
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return torch.autocast(self.device.type, dtype=self.half, cache_enabled=False)
 
     def _run(self, ids, positions):
         with self._autocast():

@@ -324,13 +324,18 @@ def test_prepacked_weights_are_refused_where_they_cannot_run(models, monkeypatch
         fast.FastDiffusionSampler(models["block_causal"], length=L, options=options)
 
 
-def test_gpu_switches_are_refused_on_a_cpu_with_a_reason(models):
-    for switch in ("bf16", "cuda_graphs"):
-        options = fast.DiffusionOptimizations(**{switch: True})
-        with pytest.raises(ValueError, match="need a CUDA device"):
-            fast.FastDiffusionSampler(models["block_causal"], length=L, options=options)
-        with pytest.raises(ValueError, match="need a CUDA device"):
-            fast.FastARDecoder(models["causal"], options=fast.AROptimizations(**{switch: True}))
+def test_gpu_switches_are_refused_on_a_cpu_with_a_reason(models, monkeypatch):
+    options = fast.DiffusionOptimizations(cuda_graphs=True)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        fast.FastDiffusionSampler(models["block_causal"], length=L, options=options)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        fast.FastARDecoder(models["causal"], options=fast.AROptimizations(cuda_graphs=True))
+    monkeypatch.setattr(fast, "half_dtype", lambda device: None)  # a CPU without bf16 units
+    with pytest.raises(ValueError, match="many times slower"):
+        fast.FastDiffusionSampler(
+            models["block_causal"], length=L, options=fast.DiffusionOptimizations(bf16=True)
+        )
+    assert fast.cpu_bf16_stage() is None
     with pytest.raises(ValueError, match="static shapes"):
         fast.FastDiffusionSampler(
             models["block_causal"],
@@ -394,3 +399,45 @@ def test_the_compiled_stage_writes_the_reference_tokens(models, references):
     assert torch.equal(
         decoder(prompt=prompt, n_tokens=L - 1, generator=torch.Generator().manual_seed(0)), expected
     )
+
+
+def test_the_16_bit_dtype_is_chosen_by_capability(monkeypatch):
+    """bf16 on GPUs that have it, fp16 on those that do not (a T4); on a CPU, bf16 only where
+    training's rule (bf16 units, measured faster) says so; nothing elsewhere."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert fast.half_dtype("cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert fast.half_dtype("cuda") == torch.float16
+    monkeypatch.setattr(fast.env, "cpu_has_bf16_units", lambda: False)
+    assert fast.half_dtype("cpu") is None
+    monkeypatch.setattr(fast.env, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(fast.env, "bf16_speedup_on_cpu", lambda: 1.2)  # units, but not faster
+    assert fast.half_dtype("cpu") is None
+    monkeypatch.setattr(fast.env, "bf16_speedup_on_cpu", lambda: 4.0)
+    assert fast.half_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("COURSE_BF16", "0")  # the course's switch for training turns it off too
+    assert fast.half_dtype("cpu") is None
+    assert fast.half_dtype("meta") is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_16_bit_samplers_run_in_the_chosen_dtype_with_float32_logits_in_fp16(
+    dtype, models, monkeypatch
+):
+    """Whatever `half_dtype` picks, the samplers run a copy in it (the caller's model stays
+    float32) and write valid text; in float16 the last norm and the logits stay float32."""
+    monkeypatch.setattr(fast, "half_dtype", lambda device: dtype)
+    name, options = fast.cpu_bf16_stage()
+    assert name == "bf16" and options.bf16 and not options.prepacked_weights
+    sampler = fast.FastDiffusionSampler(models["block_causal"], length=L, options=options)
+    assert sampler.model.blocks[0].mlp.fc.weight.dtype == dtype
+    assert models["block_causal"].blocks[0].mlp.fc.weight.dtype == torch.float32
+    ids = torch.full((1, BLOCK), sampler.model.mask_id)
+    with torch.inference_mode():
+        logits = sampler.step(ids, torch.arange(BLOCK))
+    assert logits.dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    out = sampler(steps_per_block=BLOCK, generator=torch.Generator().manual_seed(0))
+    assert out.tokens.shape == (1, L) and (out.tokens < V).all()
+    decoder = fast.FastARDecoder(models["causal"], options=fast.AROptimizations(bf16=True))
+    text = decoder(prompt=torch.tensor([1]), n_tokens=8, generator=torch.Generator())
+    assert text.shape == (1, 9) and (text < V).all()
