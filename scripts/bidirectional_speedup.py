@@ -1,0 +1,118 @@
+"""How much faster is the optimized sampler than a plain loop, for a bidirectional model?
+
+Side by side in one process, on the course's 10.8M shape (6 layers, d=384, context 256) as a
+bidirectional (MDLM) model with random weights, 256 tokens, batch 1, confidence decoding at
+32 and 16 steps (8 and 16 tokens per step):
+
+- plain loop: what a learner writes first. Every step runs one full float32 forward over all
+  256 positions, turns the logits into probabilities, draws a token everywhere, and commits
+  the most confident masked positions, as many as the step's share.
+- plain loop, bfloat16: the same loop on a bfloat16 copy of the model (only where this CPU
+  has bfloat16 units; elsewhere bfloat16 is emulated and many times slower).
+- optimized: `fast.FastDiffusionSampler` at its last float32 CPU stage (the reference's
+  tokens), the sampler notebook 09 builds.
+- optimized, bfloat16: the same with `fast.cpu_bf16_stage()` (where this CPU's bfloat16 is
+  measured fast): other tokens than float32's, so judge its text by quality.
+
+Times are process CPU seconds on one thread (steady on a shared machine), the median of
+`--repeats` calls after a warm-up. It prints the machine, each row's tokens/s and its speed-up
+over the plain loop.
+
+    python scripts/bidirectional_speedup.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from course_lib import bench, env, fast  # noqa: E402
+from course_lib.model import ModelConfig, Transformer  # noqa: E402
+
+SHAPE = dict(context_len=256, n_layer=6, n_head=6, d_model=384)  # the 10.8M shape
+
+
+@torch.inference_mode()
+def plain_loop(model: Transformer, length: int, steps: int, seed: int = 0) -> torch.Tensor:
+    """Full forward per step, commit the top-k confident masked positions: (1, length) ids."""
+    generator = torch.Generator().manual_seed(seed)
+    mask_id = model.mask_id
+    x = torch.full((1, length), mask_id)
+    per_step = length // steps
+    for _ in range(steps):
+        logits = model(x).float()  # (1, L, V)
+        probs = torch.softmax(logits, dim=-1)
+        proposal = torch.multinomial(probs[0], 1, generator=generator).T  # (1, L)
+        conf = probs.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)  # (1, L)
+        conf = conf.masked_fill(x != mask_id, -1.0)
+        top = conf.topk(per_step, dim=-1).indices  # (1, k)
+        x.scatter_(1, top, proposal.gather(1, top))
+    return x
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**SHAPE, attention="bidirectional")).eval()
+    length = SHAPE["context_len"]
+    info = env.describe_environment("cpu")
+    print(
+        f"{info['processor']}; bfloat16 units: {info['cpu_bf16_units']}; torch {info['torch']}; "
+        f"one thread; process CPU time, median of {args.repeats} calls after a warm-up"
+    )
+    print(
+        f"bidirectional {model.num_params() / 1e6:.1f}M parameters (6 x 384), {length} tokens, "
+        "batch 1, confidence decoding"
+    )
+    half = None
+    if env.cpu_has_bf16_units():
+        half = Transformer(model.config).eval()
+        half.load_state_dict(model.state_dict())
+        half = half.to(torch.bfloat16)
+    stage_name, options = [s for s in fast.stages_for("cpu") if not s[1].compile][-1]
+    samplers = {
+        f"optimized ({stage_name})": fast.FastDiffusionSampler(
+            model, length=length, options=options
+        )
+    }
+    if fast.cpu_bf16_stage() is not None:
+        samplers["optimized, bfloat16"] = fast.FastDiffusionSampler(
+            model, length=length, options=fast.cpu_bf16_stage()[1]
+        )
+
+    def timed(fn) -> float:
+        return bench.time_fn(fn, warmup=1, repeats=args.repeats, clock=time.process_time).median_s
+
+    for steps in (32, 16):
+        rows = [("plain loop, float32", lambda s=steps: plain_loop(model, length, s))]
+        if half is not None:
+            rows.append(("plain loop, bfloat16", lambda s=steps: plain_loop(half, length, s)))
+        for name, sampler in samplers.items():
+            rows.append(
+                (
+                    name,
+                    lambda s=steps, f=sampler: f(
+                        steps_per_block=s, generator=torch.Generator().manual_seed(0)
+                    ),
+                )
+            )
+        print(f"-- {steps} steps ({length // steps} tokens per step)")
+        base = None
+        for name, fn in rows:
+            seconds = timed(fn)
+            base = base or seconds
+            print(f"{name:<36} {length / seconds:8.0f} tokens/s   x{base / seconds:.2f}")
+
+
+if __name__ == "__main__":
+    main()
