@@ -176,11 +176,13 @@ class CausalSelfAttention(nn.Module):
         if rotary is not None:  # keys are rotated before caching: their positions are final
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         if cache is not None:
-            # write the new keys/values after the cached ones and attend to all of them
+            # write the new keys/values at start.. and attend to every cached one: those
+            # before them and, where the cache holds more (Fast-dLLM's dual cache), after
             cache.keys[layer][:, :, start : start + T] = k
             cache.values[layer][:, :, start : start + T] = v
-            k = cache.keys[layer][:, :, : start + T]  # (B, H, start + T, D)
-            v = cache.values[layer][:, :, : start + T]
+            end = max(start + T, cache.length)
+            k = cache.keys[layer][:, :, :end]  # (B, H, end, D)
+            v = cache.values[layer][:, :, :end]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, D)

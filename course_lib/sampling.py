@@ -495,7 +495,7 @@ def gumbel_max_sample(
 
 # -- block diffusion: semi-autoregressive decoding and caches (notebook 08) ------------------
 
-APPROXIMATE_CACHES = ("prefix",)
+APPROXIMATE_CACHES = ("prefix", "dual")
 
 
 def _check_block_inputs(model, length, block_len, steps_per_block, batch_size) -> None:
@@ -542,11 +542,13 @@ def _check_strategy(strategy, threshold, confidence) -> float | None:
 
 
 def _cache_mode(model, block_len: int, use_kv_cache: bool, approximate_cache: str | None) -> str:
-    """How each step sees the rest of the sequence: "exact", "prefix", "approximate", "full".
+    """How each step sees the rest of the sequence: "exact", "prefix", "approximate", "dual",
+    "full".
 
     - "exact": a block-causal model with a KV cache of the finished blocks.
     - "prefix": a block-causal model without a cache: the finished blocks are run again.
     - "approximate": a bidirectional model with Fast-dLLM's prefix cache.
+    - "dual": a bidirectional model with Fast-dLLM's dual cache (prefix and suffix).
     - "full": a bidirectional model (or any denoiser) run on the whole sequence every step.
     """
     attention = getattr(getattr(model, "config", None), "attention", None)
@@ -571,7 +573,7 @@ def _cache_mode(model, block_len: int, use_kv_cache: bool, approximate_cache: st
     if approximate_cache is not None:
         if attention != "bidirectional" or not isinstance(model, Transformer):
             raise ValueError("approximate_cache needs a bidirectional course Transformer")
-        return "approximate"
+        return "dual" if approximate_cache == "dual" else "approximate"
     if use_kv_cache:
         raise ValueError(
             "a bidirectional model (or a plain denoiser) has no exact KV cache: pass "
@@ -587,11 +589,12 @@ def forward_with_kv(
     """A bidirectional model's forward for positions start.. of `idx`, with a KV cache.
 
     The L new positions write their keys and values into `cache` at [start, start + L) and
-    attend, without a mask, to those and to whatever `cache` holds before `start`. With
-    start=0 this is `model(idx)` (and fills the cache). With start > 0 it is Fast-dLLM's
-    approximate prefix cache: the prefix's keys and values were computed when the rest of
-    the sequence looked different, so they are stale, and the logits are not quite those of
-    `model` on the current sequence. `Transformer.forward` refuses a cache for a
+    attend, without a mask, to those and to whatever `cache` holds before `start` (and after
+    them, up to `cache.length`). With start=0 this is `model(idx)` (and fills the cache).
+    With start > 0 it is Fast-dLLM's approximate prefix cache, and with a cache that also
+    holds the positions after the new ones, its dual cache: the cached keys and values were
+    computed when the rest of the sequence looked different, so they are stale, and the
+    logits are not quite those of `model` on the current sequence. `Transformer.forward` refuses a cache for a
     bidirectional model for that reason; this function is the explicit way around it.
     """
     L = idx.shape[1]
@@ -630,7 +633,10 @@ class _BlockView:
             return diffusion.denoise(model, whole, self.mask_id)[:, s:e]
         if self.calls == 1:  # the block's first step: exact, and it refreshes the whole cache
             logits = forward_with_kv(model, whole, self.cache, 0)[:, s:e]
+            self.cache.length = whole.shape[1]  # every position's keys and values
             self.first_logits = logits
+        elif self.mode == "dual":  # the block alone, against the cached prefix and suffix
+            logits = forward_with_kv(model, block, self.cache, s)
         else:  # the block and what follows it, against the cached (stale) prefix
             logits = forward_with_kv(model, whole[:, s:], self.cache, s)[:, : e - s]
         if self.errors is not None:
@@ -713,8 +719,10 @@ def sample_block_diffusion(
       `use_kv_cache=False`. `approximate_cache="prefix"` is Fast-dLLM's approximate cache:
       the first step of a block runs the whole sequence and keeps every position's keys and
       values; the other steps run only the block and what follows it, against the kept keys
-      and values of the prefix (stale: computed before the block changed). See
-      `prefix_cache_error` for what that costs in accuracy.
+      and values of the prefix (stale: computed before the block changed).
+      `approximate_cache="dual"` is Fast-dLLM's dual cache: the other steps run only the
+      block, against the kept keys and values of the prefix *and* of the still-masked suffix
+      (both stale). See `prefix_cache_error` for what each costs in accuracy.
 
     `strategy`: "confidence" (default), "threshold" (Fast-dLLM's parallel decoding: commit
     every masked position of the block whose confidence exceeds `threshold` in (0, 1],
@@ -781,7 +789,7 @@ def _decode_blocks(
     prompt_len = 0 if prompt is None else prompt.shape[-1]
     trajectory = [x.cpu().clone()] if record else None
     alphas = schedule.alpha(schedule.time_grid(steps_per_block)).tolist()
-    cache = model.new_cache(batch_size) if mode in ("exact", "approximate") else None
+    cache = model.new_cache(batch_size) if mode in ("exact", "approximate", "dual") else None
     nfe = steps_taken = n_generated = 0
     end = length
     with diffusion.eval_mode(model):
@@ -856,17 +864,19 @@ def prefix_cache_error(
     temperature: float = 1.0,
     seed: int = 0,
     confidence: str | None = None,
+    approximate_cache: str = "prefix",
 ) -> PrefixCacheError:
-    """Measure the approximate prefix cache of a bidirectional model against no cache.
+    """Measure an approximate cache of a bidirectional model against no cache.
 
-    Decodes with `approximate_cache="prefix"` and, at every step, also runs the exact forward
-    on the same state (this draws no random numbers) to compare logits; then decodes again
-    without a cache from the same seed to compare tokens. Notebook 08.
+    Decodes with `approximate_cache` ("prefix", or "dual" for the prefix and the suffix) and,
+    at every step, also runs the exact forward on the same state (this draws no random
+    numbers) to compare logits; then decodes again without a cache from the same seed to
+    compare tokens. Notebook 08.
     """
     _check_block_inputs(model, length, block_len, steps_per_block, batch_size)
     check_temperature(temperature)
     threshold = _check_strategy(strategy, threshold, confidence)
-    mode = _cache_mode(model, block_len, False, "prefix")
+    mode = _cache_mode(model, block_len, False, approximate_cache)
     settings = dict(
         length=length,
         block_len=block_len,

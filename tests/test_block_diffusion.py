@@ -343,6 +343,20 @@ def test_prefix_cache_error_is_measured_and_bounded(trained_bidirectional):
     assert len(two.steps) == 4 * 8 and 0.0 <= two.token_agreement <= 1.0
 
 
+def test_the_dual_cache_error_is_measured_and_bounded(trained_bidirectional):
+    """Fast-dLLM's dual cache also keeps the still-masked suffix's keys and values. With one
+    layer it is still exact (the suffix's tokens do not change during a block, and a first
+    layer's keys and values depend on their own token alone); deeper, it is approximate, yet
+    closer to the exact logits than reusing the block's first-step logits."""
+    settings = dict(length=32, block_len=8, steps_per_block=8, batch_size=4, seed=0)
+    one = prefix_cache_error(trained_bidirectional[1], approximate_cache="dual", **settings)
+    assert one.max_logit_error < FLOAT32_ROUNDING and one.token_agreement == 1.0
+    dual = prefix_cache_error(trained_bidirectional[2], approximate_cache="dual", **settings)
+    assert dual.first_step_max_logit_error < FLOAT32_ROUNDING
+    assert dual.max_logit_error > 10 * FLOAT32_ROUNDING
+    assert dual.mean_kl < dual.stale_mean_kl and len(dual.steps) == 4 * 8
+
+
 def test_prefix_cache_error_takes_the_confidence_rule(trained_bidirectional):
     settings = dict(length=32, block_len=8, steps_per_block=8, batch_size=4, seed=0)
     model = trained_bidirectional[2]
@@ -367,12 +381,13 @@ def test_the_approximate_cache_is_opt_in():
         )
     with pytest.raises(ValueError, match="unknown approximate_cache"):
         sample_block_diffusion(
-            model, length=L, block_len=BLOCK, steps_per_block=2, approximate_cache="dual"
+            model, length=L, block_len=BLOCK, steps_per_block=2, approximate_cache="suffix"
         )
-    out = sample_block_diffusion(
-        model, length=L, block_len=BLOCK, steps_per_block=2, approximate_cache="prefix"
-    )
-    assert out.tokens.shape == (1, L) and (out.tokens < V).all()
+    for cache in sampling.APPROXIMATE_CACHES:
+        out = sample_block_diffusion(
+            model, length=L, block_len=BLOCK, steps_per_block=2, approximate_cache=cache
+        )
+        assert out.tokens.shape == (1, L) and (out.tokens < V).all()
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -402,7 +417,7 @@ def test_bad_input_is_refused(kwargs, message):
 def test_a_causal_model_is_sent_to_sample_ar():
     with pytest.raises(ValueError, match="sample_ar"):
         sample_block_diffusion(make("causal"), length=L, block_len=BLOCK, steps_per_block=2)
-    assert sampling.APPROXIMATE_CACHES == ("prefix",)
+    assert sampling.APPROXIMATE_CACHES == ("prefix", "dual")
 
 
 def test_elbo_of_a_block_causal_model_uses_the_block_bound():
