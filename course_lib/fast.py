@@ -345,6 +345,15 @@ def packing_problem() -> str | None:
 # -- gpt-fast's static-cache forward --------------------------------------------------------
 
 
+def _cache_of_length(cache: KVCache, length: int) -> KVCache:
+    """`cache` cut to its first `length` positions (views): a static forward over it attends
+    to those alone, for a bidirectional model whose sequence is shorter than its context."""
+    cache.keys = [k[:, :, :length] for k in cache.keys]
+    cache.values = [v[:, :, :length] for v in cache.values]
+    cache.capacity = length
+    return cache
+
+
 def static_forward(
     model: Transformer, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache
 ) -> torch.Tensor:
@@ -463,6 +472,7 @@ class FastDiffusionSampler:
         block_len: int | None = None,
         batch_size: int = 1,
         options: DiffusionOptimizations | None = None,
+        approximate_cache: str | None = None,
     ) -> None:
         self.options = options = options or DiffusionOptimizations()
         config = model.config
@@ -472,15 +482,25 @@ class FastDiffusionSampler:
         if block_len is None:
             block_len = config.block_len if self.block_causal else length
         sampling._check_block_inputs(model, length, block_len, 1, batch_size)
-        sampling._cache_mode(model, block_len, self.block_causal, None)  # checks block_len
+        # checks block_len, and that an approximate cache is for a bidirectional model
+        mode = sampling._cache_mode(model, block_len, self.block_causal, approximate_cache)
+        if mode == "approximate":
+            raise ValueError("the fast sampler has the dual cache, approximate_cache='dual'")
+        self.dual = mode == "dual"
+        if self.dual and not (options.kv_cache and options.static_buffers):
+            raise ValueError("the dual cache needs the options kv_cache and static_buffers")
         self.device = next(model.parameters()).device
         _check_options(options, model)
         self.cached = self.block_causal and options.kv_cache
         rows = batch_size * (block_len if self.cached else length)  # per step, at most
         self.model = model = _working_model(model, options, rows)
         self.length, self.block_len, self.batch_size = length, block_len, batch_size
-        self.cache = model.new_cache(batch_size) if self.cached else None
-        if self.cached and options.static_buffers:
+        self.cache = None
+        if self.cached:
+            self.cache = model.new_cache(batch_size)
+        elif self.dual:  # every position of the sequence, and nothing beyond it
+            self.cache = _cache_of_length(model.new_cache(batch_size), length)
+        if (self.cached or self.dual) and options.static_buffers:
             self.step = _Step(self._static_step, options, self.device)
         else:
             self.step = _Step(self._plain_step, options, self.device)
@@ -496,12 +516,18 @@ class FastDiffusionSampler:
             return self.model(ids, cache=self.cache, update_cache=False)
         return self.model(ids)
 
-    def _scored(self, x, start, end, scored_from=None) -> tuple[torch.Tensor, int]:
+    def _scored(self, x, start, end, scored_from=None, refresh=False) -> tuple[torch.Tensor, int]:
         """Logits of every position the forward scored, and where the block starts in them.
 
         With the cache, `scored_from` < `start` also scores the finished blocks from there on,
-        which writes their keys and values: the commit, fused into this forward.
+        which writes their keys and values: the commit, fused into this forward. With the
+        dual cache, a block's first step (`refresh`) runs the whole sequence and caches every
+        position; its other steps run the block alone against that cache.
         """
+        if self.dual:
+            if refresh:
+                return self.step(x, self.positions), start
+            return self.step(x[:, start:end], self.positions[start:end]), 0
         if self.cached:
             lo = start if scored_from is None else scored_from
             return self.step(x[:, lo:end], self.positions[lo:end]), start - lo
@@ -516,9 +542,9 @@ class FastDiffusionSampler:
         else:
             self.model(x[:, start:end], cache=self.cache)
 
-    def _probs(self, x, start, end, temperature, scored_from=None) -> torch.Tensor:
+    def _probs(self, x, start, end, temperature, scored_from=None, refresh=False) -> torch.Tensor:
         """float64 probabilities of the block's positions: (B, b, V)."""
-        logits, offset = self._scored(x, start, end, scored_from)
+        logits, offset = self._scored(x, start, end, scored_from, refresh)
         b = end - start
         if self.options.float64_only_where_needed:
             return logits_to_probs(logits[:, offset : offset + b], temperature)
@@ -574,12 +600,14 @@ class _Run:
         self.nfe = self.steps_taken = 0
         self.fuse_commit = fuse_commit
         self.uncommitted = None  # with fuse_commit: where the blocks not yet cached start
+        self.refresh = False  # with the dual cache: the block's first forward is still to run
 
     def _probs(self, x, start, end) -> torch.Tensor:
         """The block's probabilities; the first forward of a block also commits the blocks
-        before it that are not cached yet (fuse_commit)."""
-        probs = self.sampler._probs(x, start, end, self.temperature, self.uncommitted)
-        self.uncommitted = None
+        before it that are not cached yet (fuse_commit), or refreshes the dual cache."""
+        s = self.sampler
+        probs = s._probs(x, start, end, self.temperature, self.uncommitted, self.refresh)
+        self.uncommitted, self.refresh = None, False
         return probs
 
     def __call__(self, prompt, generator) -> DiffusionSample:
@@ -594,6 +622,7 @@ class _Run:
         for k, start in enumerate(range(0, s.length, b)):
             end = start + b
             counts = [row[k] for row in masks_left]
+            self.refresh = s.dual
             if self.strategy.startswith("ancestral"):
                 self._ancestral(x, start, end, generator)
             else:

@@ -441,3 +441,55 @@ def test_the_16_bit_samplers_run_in_the_chosen_dtype_with_float32_logits_in_fp16
     decoder = fast.FastARDecoder(models["causal"], options=fast.AROptimizations(bf16=True))
     text = decoder(prompt=torch.tensor([1]), n_tokens=8, generator=torch.Generator())
     assert text.shape == (1, 9) and (text < V).all()
+
+
+@pytest.mark.parametrize("strategy", ["confidence", "threshold", "ancestral"])
+def test_the_dual_cache_writes_the_reference_dual_caches_tokens(strategy, models):
+    """Fast-dLLM's dual cache is approximate, so the fast sampler's is held to the reference's
+    own dual cache (`sample_block_diffusion(approximate_cache="dual")`): the same tokens,
+    with one whole-sequence forward per block and block-sized forwards after it."""
+    model = models["bidirectional"]
+    settings = dict(length=L, block_len=BLOCK, steps_per_block=4, batch_size=3)
+    extra = dict(strategy=strategy, temperature=0.8, prompt=PROMPT[:3])
+    with_cache = [o for name, o in CPU_STAGES if o.kv_cache and o.static_buffers]
+    for seed in (0, 1):
+        ref = sampling.sample_block_diffusion(
+            model,
+            approximate_cache="dual",
+            generator=torch.Generator().manual_seed(seed),
+            **settings,
+            **extra,
+        )
+        for options in with_cache:
+            sampler = fast.FastDiffusionSampler(
+                model,
+                length=L,
+                block_len=BLOCK,
+                batch_size=3,
+                options=options,
+                approximate_cache="dual",
+            )
+            out = sampler(steps_per_block=4, generator=torch.Generator().manual_seed(seed), **extra)
+            assert torch.equal(out.tokens, ref.tokens), (strategy, seed, options)
+            assert out.nfe == ref.nfe and out.steps_taken == ref.steps_taken
+    exact = fast.reference_sample_diffusion(
+        model, generator=torch.Generator().manual_seed(0), **settings, **extra
+    )
+    assert not torch.equal(exact.tokens, ref.tokens) or strategy == "ancestral"  # approximate
+
+
+def test_the_dual_cache_is_for_bidirectional_models_with_the_static_cache(models):
+    with pytest.raises(ValueError, match="exact KV cache"):
+        fast.FastDiffusionSampler(models["block_causal"], length=L, approximate_cache="dual")
+    with pytest.raises(ValueError, match="kv_cache and static_buffers"):
+        fast.FastDiffusionSampler(
+            models["bidirectional"],
+            length=L,
+            block_len=BLOCK,
+            approximate_cache="dual",
+            options=fast.DiffusionOptimizations(static_buffers=False),
+        )
+    with pytest.raises(ValueError, match="approximate_cache='dual'"):
+        fast.FastDiffusionSampler(
+            models["bidirectional"], length=L, block_len=BLOCK, approximate_cache="prefix"
+        )
