@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from course_lib import env
+from course_lib.model import eval_mode
 
 
 @dataclass
@@ -106,15 +107,12 @@ def forward_time_vs_tokens(
     """
     device = next(model.parameters()).device
     results = {}
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for n in token_counts:
             ids = torch.randint(0, model.config.vocab_size, (batch_size, n), device=device)
             results[n] = time_fn(
                 lambda ids=ids: model(ids), warmup=warmup, repeats=repeats, device=device
             )
-    model.train(was_training)
     return results
 
 

@@ -31,12 +31,13 @@ id `mask_id` (normally V) at masked positions: a `model.Transformer`, or an exac
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from course_lib.model import eval_mode  # noqa: F401 (diffusion.eval_mode, its old home)
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
@@ -190,20 +191,6 @@ def denoise(denoiser: Denoiser, x_t: torch.Tensor, mask_id: int) -> torch.Tensor
             f"{mask_id}: it must score only the real tokens [0, mask_id), never the mask"
         )
     return logits
-
-
-@contextlib.contextmanager
-def eval_mode(denoiser: Denoiser) -> Iterator[None]:
-    """Put an nn.Module denoiser in eval mode (no dropout) for the block, then restore it."""
-    if not isinstance(denoiser, torch.nn.Module):
-        yield
-        return
-    was_training = denoiser.training
-    denoiser.eval()
-    try:
-        yield
-    finally:
-        denoiser.train(was_training)
 
 
 def _check_clean(x0: torch.Tensor, mask_id: int) -> None:

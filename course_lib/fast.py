@@ -85,7 +85,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import diffusion, env, sampling
-from course_lib.model import KVCache, Transformer, apply_rotary, attention_mask
+from course_lib.model import KVCache, Transformer, apply_rotary, attention_mask, eval_mode
 
 # the reference's own helpers: both samplers start from the same x_1 and draw the same numbers
 from course_lib.sampling import (
@@ -585,7 +585,7 @@ class FastDiffusionSampler:
         alphas = schedule.alpha(schedule.time_grid(steps_per_block)).tolist()
         confidence = confidence or "low_confidence"
         run = _Run(self, strategy, threshold, confidence, temperature, alphas, fuse_commit)
-        with _grad_mode(self.options), diffusion.eval_mode(self.model):
+        with _grad_mode(self.options), eval_mode(self.model):
             return run(prompt, generator)
 
 
@@ -805,7 +805,7 @@ class FastARDecoder:
             raise ValueError(f"prompt ({P}) + n_tokens ({n_tokens}) exceeds the context {context}")
         if prompt.min() < 0 or prompt.max() >= self.model.config.vocab_size:
             raise ValueError(f"prompt ids must be in [0, {self.model.config.vocab_size})")
-        with _grad_mode(self.options), diffusion.eval_mode(self.model):
+        with _grad_mode(self.options), eval_mode(self.model):
             return self._decode(prompt, n_tokens, temperature, generator)
 
     def _decode(self, prompt, n_tokens, temperature, generator) -> torch.Tensor:

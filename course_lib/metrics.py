@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import data, diffusion
+from course_lib.model import eval_mode
 
 # -- scoring text with a causal model --------------------------------------------------------
 
@@ -134,11 +135,8 @@ def _window_bits(
     positions = torch.arange(1, span)
     scored = torch.stack([w.start + positions >= w.first_scored for w in plan])  # (W, span - 1)
     scored = scored.repeat(sequences.shape[0], 1)  # (B * W, span - 1)
-    was_training = getattr(model, "training", False)
-    if was_training:
-        model.eval()
     bits = torch.zeros(windows.shape[0], dtype=torch.float64)
-    try:
+    with eval_mode(model):
         for i in range(0, windows.shape[0], batch_size):
             batch = windows[i : i + batch_size].to(device)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
@@ -148,9 +146,6 @@ def _window_bits(
             mask = scored[i : i + batch_size].to(device)
             nats = -target_log_probs.double().masked_fill(~mask, 0.0).sum(-1)  # (b,)
             bits[i : i + batch_size] = nats.cpu() / math.log(2)
-    finally:
-        if was_training:
-            model.train()
     return bits
 
 

@@ -22,7 +22,9 @@ Positions enter in one of two ways (`ModelConfig.position`):
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -120,6 +122,22 @@ def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> 
     cos, sin = (t.to(x.dtype) for t in rotary)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+@contextlib.contextmanager
+def eval_mode(module) -> Iterator[None]:
+    """Eval mode (no dropout) for the block, then the module's own mode again, even after an
+    exception. Anything that is not an nn.Module (a plain denoiser function) is left alone.
+    The one way the course switches a model to eval mode and back."""
+    if not isinstance(module, nn.Module):
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class KVCache:

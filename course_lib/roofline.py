@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from course_lib import bench, env
 from course_lib.hardware import HardwareSpec
-from course_lib.model import ModelConfig, Transformer, forward_flops
+from course_lib.model import ModelConfig, Transformer, eval_mode, forward_flops
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -944,13 +944,8 @@ def _needs_cache(model: Transformer) -> None:
 @contextlib.contextmanager
 def _evaluating(model: Transformer) -> Iterator[None]:
     """Eval mode and inference mode for the duration; the training flag is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        yield
 
 
 def measure_ar_decode_step(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from course_lib import diffusion
-from course_lib.model import KVCache, Transformer
+from course_lib.model import KVCache, Transformer, eval_mode
 
 
 def logits_to_probs(
@@ -117,23 +117,21 @@ def sample_ar(
             f"prompt ({seq.shape[1]}) + n_tokens ({n_tokens}) = {total} exceeds the model's "
             f"context of {model.config.context_len}; shorten one of them"
         )
-    was_training = model.training
-    model.eval()
-    out = torch.empty(seq.shape[0], total, dtype=torch.long, device=device)
-    out[:, : seq.shape[1]] = seq
-    cache = model.new_cache(seq.shape[0]) if use_kv_cache else None
-    pos = seq.shape[1]
-    step_input = seq
-    for _ in range(n_tokens):
-        if cache is not None:
-            logits = model(step_input, cache=cache)[:, -1]  # (B, V): only new tokens are run
-        else:
-            logits = model(out[:, :pos])[:, -1]  # (B, V): the whole prefix, every step
-        probs = logits_to_probs(logits, temperature, top_k=top_k, top_p=top_p)
-        out[:, pos] = sample_categorical(probs, generator)
-        step_input = out[:, pos : pos + 1]
-        pos += 1
-    model.train(was_training)
+    with eval_mode(model):
+        out = torch.empty(seq.shape[0], total, dtype=torch.long, device=device)
+        out[:, : seq.shape[1]] = seq
+        cache = model.new_cache(seq.shape[0]) if use_kv_cache else None
+        pos = seq.shape[1]
+        step_input = seq
+        for _ in range(n_tokens):
+            if cache is not None:
+                logits = model(step_input, cache=cache)[:, -1]  # (B, V): only new tokens are run
+            else:
+                logits = model(out[:, :pos])[:, -1]  # (B, V): the whole prefix, every step
+            probs = logits_to_probs(logits, temperature, top_k=top_k, top_p=top_p)
+            out[:, pos] = sample_categorical(probs, generator)
+            step_input = out[:, pos : pos + 1]
+            pos += 1
     return out
 
 
@@ -361,7 +359,7 @@ def sample_diffusion(
     trajectory = [x.cpu().clone()] if record else None
     n_generated = int((x == mask_id).sum())
     alphas = schedule.alpha(schedule.time_grid(steps)).tolist()  # steps + 1 values, 0 -> 1
-    with diffusion.eval_mode(denoiser):
+    with eval_mode(denoiser):
         x, nfe, steps_taken = _denoise(
             denoiser,
             x,
@@ -792,7 +790,7 @@ def _decode_blocks(
     cache = model.new_cache(batch_size) if mode in ("exact", "approximate", "dual") else None
     nfe = steps_taken = n_generated = 0
     end = length
-    with diffusion.eval_mode(model):
+    with eval_mode(model):
         for start in range(0, length, block_len):
             stop_at = start + block_len
             block = x[:, start:stop_at]  # (B, b)

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from course_lib.diffusion import eval_mode
-from course_lib.model import Transformer
+from course_lib.model import Transformer, eval_mode
 from course_lib.sampling import check_temperature, logits_to_probs, sample_categorical
 
 ARModel = Callable[[torch.Tensor], torch.Tensor]

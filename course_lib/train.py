@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from course_lib import checkpoints, data, diffusion, env
-from course_lib.model import Transformer
+from course_lib.model import Transformer, eval_mode
 
 
 @dataclass
@@ -163,15 +163,13 @@ def evaluate(
     autocast: torch.dtype | None = None,
 ) -> float:
     """Mean loss (nats per token) over `cfg.eval_batches` fixed batches of `split`."""
-    was_training = model.training
-    model.eval()
     generator = torch.Generator().manual_seed(1234)  # the same batches at every evaluation
     total = 0.0
-    for _ in range(cfg.eval_batches):
-        batch = source.get_batch(split, cfg.batch_size, generator).to(device)
-        with _autocast(device, autocast):
-            total += loss_fn(model, batch, generator).item()
-    model.train(was_training)
+    with eval_mode(model):
+        for _ in range(cfg.eval_batches):
+            batch = source.get_batch(split, cfg.batch_size, generator).to(device)
+            with _autocast(device, autocast):
+                total += loss_fn(model, batch, generator).item()
     return total / cfg.eval_batches
 
 

@@ -357,3 +357,19 @@ def test_a_rotary_model_has_no_position_embedding_and_still_sees_order():
     with torch.no_grad():
         a, b = model(x), model(y)
     assert (a[:, [2, 9]] - b[:, [9, 2]]).abs().max() > DIFFERENT
+
+
+def test_eval_mode_restores_the_mode_even_after_an_exception():
+    from course_lib import diffusion
+    from course_lib.model import eval_mode
+
+    net = torch.nn.Linear(2, 2)
+    for start in (True, False):
+        net.train(start)
+        with pytest.raises(RuntimeError, match="inside"), eval_mode(net):
+            assert not net.training
+            raise RuntimeError("inside")
+        assert net.training == start
+    with eval_mode(lambda x: x):  # a plain denoiser function: nothing to switch
+        pass
+    assert diffusion.eval_mode is eval_mode  # its old home still works
