@@ -16,14 +16,10 @@ and quality of their text instead. torch.compile and prepacked_weights reorder f
 are off unless asked for. A last-bit change matters only at a near-tie between two tokens or
 two positions' confidences, and confidence decoding meets ties by construction: in the first
 block of an unprompted sample every position is masked, and a trained rotary model predicts
-nearly the same distribution at each (bd3lm-small's margins span 2.5e-7), so rounding noise
-picks the order. `scripts/prepacked_agreement.py` measures it (50 calls of batch 4, 128
-tokens): with bd3lm-small, prepacked_weights wrote the reference's tokens in all 50 with
-margin confidence at 16 steps per block and with ancestral decoding, in 43 with the default
-confidence rule, in 41 with threshold 0.9, and in none with margin confidence at 4 steps per
-block (13% of tokens the same: the samples part at the first step). A random-init model with
-learned positions (margins spanning 3e-3) matched in every setting; the benchmarks time such
-models. The same ties make confidence decoding's tokens depend on the machine's rounding.
+nearly the same distribution at each, so rounding noise picks the order.
+`scripts/prepacked_agreement.py` counts how often that changes a sample's tokens
+(data/results/prepacked-agreement.json; notebook 09, 4.8). The same ties make confidence
+decoding's tokens depend on the machine's rounding.
 
 The diffusion switches, in the order the stages add them:
 
@@ -62,6 +58,14 @@ The diffusion switches, in the order the stages add them:
   apart by the benchmarks; on a CPU it takes a minute and buys little). It compiles the
   dense weights: inductor cannot lower oneDNN's packed ones, so on a CPU the compile stage
   leaves prepacked_weights off.
+
+A bidirectional model has no exact cache. `FastDiffusionSampler(..., block_len=b,
+approximate_cache="dual")` decodes it in blocks with Fast-dLLM's dual cache: a block's first
+step runs the whole sequence and keeps every position's keys and values, its other steps run
+the block alone against them (stale for the prefix and the masked suffix). Its tokens are
+those of the reference's own dual cache (`sampling.sample_block_diffusion`), not of the exact
+sampler: `sampling.prefix_cache_error` measures the difference, and
+scripts/bidirectional_speedup.py its speed against a plain loop.
 
 The AR decoder (`FastARDecoder`) gets gpt-fast's treatment with the same kind of switches:
 inference_mode; no_sync (tokens stay on the device instead of passing through Python lists);
