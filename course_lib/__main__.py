@@ -191,7 +191,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             rows.append(row)
             where = "all windows" if max_windows is None else f"first {max_windows} windows"
             print(
-                f"{path.name:<16}{where:<18}{score.bits_per_char:.4f} +- "
+                f"{path.name:<21} {where:<18}{score.bits_per_char:.4f} +- "
                 f"{score.standard_error:.4f} bits per char  ({score.method})"
             )
     rows.sort(key=lambda r: (r["checkpoint"], r["max_windows"] or 0))
