@@ -41,7 +41,14 @@ ENTROPY_BITS = 0.15  # matched: unigram entropy within this many bits of AR's
 REFERENCE = ("ar", {"temperature": 1.0})  # the sampler whose samples define "matched"
 DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral")
 # the diffusion checkpoints compared
-DEFAULT_DIFFUSION = ("bd3lm-small", "mdlm-small", "bd3lm-ar-b4", "bd3lm-ar-b16")
+DEFAULT_DIFFUSION = (
+    "bd3lm-small",
+    "mdlm-small",
+    "bd3lm-ar-b2",
+    "bd3lm-ar-b4",
+    "bd3lm-ar-b4-more",
+    "bd3lm-ar-b16",
+)
 
 PROTOCOL = {
     "batch": "1: every sample is its own call, as one user's stream",
