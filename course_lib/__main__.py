@@ -103,9 +103,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from course_lib import benchmarks
+    from course_lib import bench_suites
 
-    result = benchmarks.run_suite(
+    result = bench_suites.run_suite(
         args.suite,
         device=args.device,
         out=args.out,

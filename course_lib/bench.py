@@ -6,7 +6,7 @@ not finished, when a Python call returns), and reports the median of several run
 their spread. Every result carries its protocol so a number is never printed without it.
 
 The benchmark suites built on these timings (`python -m course_lib bench`) live in
-`course_lib.benchmarks`: bench itself comes first in the course (notebook 00), the samplers
+`course_lib.bench_suites`: bench itself comes first in the course (notebook 00), the samplers
 they measure much later (notebooks 08-10).
 """
 

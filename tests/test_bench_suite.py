@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from course_lib import bench, benchmarks, checkpoints, env, fast
+from course_lib import bench, bench_suites, checkpoints, env, fast
 from course_lib.__main__ import main
 from course_lib.model import ModelConfig, Transformer
 
@@ -16,7 +16,7 @@ SETTINGS = ("sampler", "stage", "batch", "length", "dtype", "device", "nfe", "to
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "quick.json"
-    result = benchmarks.run_suite("quick", out=out, log=lambda line: None)
+    result = bench_suites.run_suite("quick", out=out, log=lambda line: None)
     return result, out
 
 
@@ -68,12 +68,12 @@ def test_the_gpu_suite_needs_cuda_or_smoke():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the gpu suite would run for minutes")
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        benchmarks.run_suite("gpu", device="cpu", log=lambda line: None)
+        bench_suites.run_suite("gpu", device="cpu", log=lambda line: None)
 
 
 def test_the_gpu_suite_on_tiny_shapes_skips_cuda_rows_with_a_reason(tmp_path):
     """The code of the gpu suite, run here: nothing broken, CUDA-only rows skipped, said why."""
-    result = benchmarks.run_suite(
+    result = bench_suites.run_suite(
         "gpu", device="cpu", smoke=True, out=tmp_path / "gpu.json", log=lambda line: None
     )
     rows = result["rows"]
@@ -123,10 +123,10 @@ def test_quality_rows_score_the_shipped_checkpoints(tmp_path, monkeypatch):
         checkpoints.save_checkpoint(
             tmp_path / "checkpoints" / f"{name}.pt", Transformer(ModelConfig(**shape, **extra))
         )
-    suite = benchmarks.Suite(
-        "test", torch.device("cpu"), benchmarks.Plan(0, 1), tmp_path / "q.json", print
+    suite = bench_suites.Suite(
+        "test", torch.device("cpu"), bench_suites.Plan(0, 1), tmp_path / "q.json", print
     )
-    benchmarks.quality_rows(suite, batch_size=2)
+    bench_suites.quality_rows(suite, batch_size=2)
     rows = suite.result["rows"]
     # bd3lm (confidence, threshold) and mdlm: reference and fast; ar: two references and fast
     assert len(rows) == 3 * 2 + 3 and not [row for row in rows if "error" in row]
