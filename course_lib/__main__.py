@@ -7,6 +7,7 @@ doctor                check that this machine is ready for the course
 bench --suite NAME    benchmark the samplers (quick, cpu, gpu); JSON in data/results/
 evaluate              held-out bits per character of the shipped checkpoints; JSON in data/results/
 frontier              diffusion against AR at matched quality (notebook 12); JSON in data/results/
+roofline-check        the roofline's performance model against measured steps (notebook 10)
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from course_lib import roofline_check  # its options are defined beside its code
+
     parser = argparse.ArgumentParser(
         prog="python -m course_lib",
         description=__doc__,
@@ -250,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cpu)")
     p.add_argument("--out", help="JSON file (default: data/results/checkpoint-metrics.json)")
     p.set_defaults(run=_evaluate)
+    p = commands.add_parser(
+        "roofline-check", help="the roofline's predictions against measured steps and samplers"
+    )
+    roofline_check.add_arguments(p)
+    p.set_defaults(run=roofline_check.run)
     p = commands.add_parser("frontier", help="diffusion against AR at matched quality")
     p.add_argument("--judge", default="judge-ar", help="the checkpoint that scores the samples")
     p.add_argument("--ar", default="ar-small", help="the AR model (and speculative target)")

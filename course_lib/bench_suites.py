@@ -681,10 +681,11 @@ def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
 
     `smoke` runs the same code on tiny shapes (any device; CUDA-only rows are skipped).
     """
-    from course_lib import fast, roofline
+    from course_lib import fast
+    from course_lib.ceilings import measure_ceilings
 
     device = suite.device
-    ceilings = roofline.measure_ceilings(device, quick=smoke)
+    ceilings = measure_ceilings(device, quick=smoke)
     suite.result["ceilings"] = ceilings.to_dict()
     suite.save()
     shape = SHAPES["tiny" if smoke else "gpt2-small"]
@@ -767,7 +768,7 @@ def run_suite(
       diffusion and AR) at the course's 10.8M-parameter, 256-token baseline shape with the
       last two stages, MDLM ancestral, batch sizes, and
       speed with quality for the shipped checkpoints.
-    - "gpu": a few minutes on one GPU: `roofline.measure_ceilings`, the stages with bf16,
+    - "gpu": a few minutes on one GPU: `ceilings.measure_ceilings`, the stages with bf16,
       CUDA graphs and torch.compile (compile time apart), batch sweeps, AR decode vs
       diffusion steps at 85M-680M parameters, quality in float32 and bf16.
 

@@ -347,12 +347,13 @@ def measure_row(
     seed: int = 0,
 ) -> dict:
     """One frontier row: speed on this machine, predicted speed per GPU, quality by the judge."""
-    from course_lib import hardware, roofline
+    from course_lib import hardware
+    from course_lib.ceilings import datasheet_ceilings
 
     draws = draw_samples(setting, models, n_samples, seed)
     predicted = {}
     for name, spec in hardware.CATALOG.items():
-        ceilings = roofline.datasheet_ceilings(spec)
+        ceilings = datasheet_ceilings(spec)
         seconds = predicted_seconds(setting, models, draws, ceilings, gpu_dtype(spec))
         predicted[name] = draws.n_tokens / seconds
     row = {

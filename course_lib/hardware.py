@@ -3,7 +3,7 @@
 Dense peak FLOP/s per dtype, memory bandwidth and L2 size. NVIDIA often quotes tensor-core
 rates "with sparsity" (2:4 structured sparsity doubles them); a plain matmul reaches only
 the dense rate, so those figures are stored as quoted and halved, and say so.
-`roofline.datasheet_ceilings(spec)` turns an entry into the performance model's ceilings.
+`ceilings.datasheet_ceilings(spec)` turns an entry into the performance model's ceilings.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Steps, in order, each timed and allowed to fail without stopping the others:
    CUDA graphs and torch.compile, batch sweeps, AR against diffusion at 85M-680M parameters,
    quality in float32 and bf16) -> bench-gpu-cuda.json.
 3. train: a short run of the ar-small preset on the GPU, with its tokens/s.
-4. roofline: `python -m course_lib.roofline`: the measured ceilings and the performance
+4. roofline: `python -m course_lib roofline-check`: the measured ceilings and the performance
    model's predictions against measured steps and samplers.
 
 It writes OUT/gpu-session-cuda.json (the machine, the protocol, each step's command, seconds,
@@ -46,7 +46,7 @@ def steps(python: str, out: Path, run_dir: Path, dry_run: bool) -> list[tuple[st
     preset, train_steps = ("ar-tiny", "3") if dry_run else ("ar-small", "300")
     train = [python, "-m", "course_lib", "train", "--preset", preset, "--steps", train_steps]
     train += ["--device", device, "--restart", "--out", str(run_dir)]
-    roofline = [python, "-m", "course_lib.roofline", "--device", device]
+    roofline = [python, "-m", "course_lib", "roofline-check", "--device", device]
     # addopts cleared: the notebooks' nbval plugin need not be installed on a GPU machine
     tests = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *GPU_TESTS]
     return [("tests", tests), ("bench", bench), ("train", train), ("roofline", roofline)]

@@ -100,10 +100,11 @@ def test_the_checked_step_time_is_the_librarys_with_one_bandwidth():
     # with every bandwidth equal, predict_step_time is the exercise's formula at the matmul
     # rate of the step's rows: a few rows are charged their measured rate, not the peak
     from course_lib import roofline
+    from course_lib.ceilings import Ceilings, Overhead
     from course_lib.model import ModelConfig
 
     bandwidth = 2e10
-    ceilings = roofline.Ceilings(
+    ceilings = Ceilings(
         device="cpu",
         matmul_flops={"float32": 1e11},
         memory_bandwidth=bandwidth,
@@ -111,8 +112,8 @@ def test_the_checked_step_time_is_the_librarys_with_one_bandwidth():
         cache_bytes=0,  # nothing fits: the rates with the weights in main memory apply
         matvec_bandwidth={"float32": bandwidth},
         matvec_cache_bandwidth={"float32": bandwidth},
-        overhead=roofline.Overhead(call_s=1e-4, per_layer_s=1e-5),
-        cached_overhead=roofline.Overhead(call_s=2e-4, per_layer_s=2e-5),
+        overhead=Overhead(call_s=1e-4, per_layer_s=1e-5),
+        cached_overhead=Overhead(call_s=2e-4, per_layer_s=2e-5),
         rows_flops={"float32": {1: 1e10, 16: 4e10, 256: 8e10}},
         protocol={"matmul_n": 2048},
     )

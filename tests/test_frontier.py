@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from course_lib import __main__ as cli
-from course_lib import data, frontier, hardware, metrics, roofline
+from course_lib import ceilings, data, frontier, hardware, metrics, roofline
 from course_lib.model import ModelConfig, Transformer
 
 
@@ -176,7 +176,7 @@ def test_rows_end_to_end_on_tiny_models():
         assert all(v > 0 and math.isfinite(v) for v in r["predicted_tokens_per_s"].values())
         assert r["tokens_per_s"] > 0 and r["samples"] == 2
     # AR's prediction is the roofline model's for the whole run, per sample
-    h100 = roofline.datasheet_ceilings(hardware.CATALOG["H100 SXM"])
+    h100 = ceilings.datasheet_ceilings(hardware.CATALOG["H100 SXM"])
     run = roofline.predict_sampling(
         models["ar"].config, roofline.ARDecoding(1, 15), h100, dtype="bfloat16"
     )

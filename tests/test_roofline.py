@@ -8,14 +8,20 @@ from dataclasses import replace
 import pytest
 import torch
 
-from course_lib import env, hardware, roofline
+from course_lib import env, hardware, roofline, roofline_check
+from course_lib.ceilings import (
+    QUICK_ROWS,
+    Ceilings,
+    Overhead,
+    datasheet_ceilings,
+    describe_ceilings,
+    measure_ceilings,
+)
 from course_lib.model import ModelConfig, Transformer
 from course_lib.roofline import (
     ARDecoding,
     BlockDiffusionSampling,
-    Ceilings,
     DiffusionSampling,
-    Overhead,
     StepCost,
 )
 
@@ -228,15 +234,17 @@ def test_compare_reports_relative_error():
     ceilings = hand_ceilings()
     sampler = DiffusionSampling(1, length=8, steps=2)
     predicted = roofline.predict_sampling(TINY, sampler, ceilings).tokens_per_s
-    (row,) = roofline.compare_tokens_per_s([("tiny", TINY, sampler, predicted / 1.25)], ceilings)
+    (row,) = roofline_check.compare_tokens_per_s(
+        [("tiny", TINY, sampler, predicted / 1.25)], ceilings
+    )
     assert row["relative_error"] == pytest.approx(0.25)
     assert row["predicted_tokens_per_s"] == pytest.approx(predicted)
-    assert "tiny" in roofline.format_table([row])
-    assert "GFLOP/s" in roofline.describe_ceilings(ceilings)
+    assert "tiny" in roofline_check.format_table([row])
+    assert "GFLOP/s" in describe_ceilings(ceilings)
 
 
 def test_datasheet_ceilings_put_decode_on_the_memory_roof():
-    h100 = roofline.datasheet_ceilings(hardware.CATALOG["H100 SXM"])
+    h100 = datasheet_ceilings(hardware.CATALOG["H100 SXM"])
     wide = ModelConfig(n_layer=12, n_head=12, d_model=768)
     ar = roofline.ar_decode_step_cost(wide, batch_size=1, context=128, dtype=torch.bfloat16)
     diffusion = roofline.diffusion_step_cost(wide, batch_size=1, length=256, dtype=torch.bfloat16)
@@ -284,7 +292,7 @@ def tiny_model(**overrides) -> Transformer:
 def test_ar_step_measurement_warms_up_then_synchronises_every_timed_run(events):
     model = counted(tiny_model(), events)
     model.train()
-    m = roofline.measure_ar_decode_step(
+    m = roofline_check.measure_ar_decode_step(
         model, batch_size=2, context=3, warmup=2, repeats=3, clock=FakeClock(0.5)
     )
     # fill the cache, 2 warm-up calls, synchronise, then each timed call synchronised
@@ -298,7 +306,7 @@ def test_ar_step_measurement_warms_up_then_synchronises_every_timed_run(events):
 
 def test_diffusion_step_measurement_warms_up_then_synchronises(events):
     model = counted(tiny_model(attention="bidirectional"), events)
-    m = roofline.measure_diffusion_step(
+    m = roofline_check.measure_diffusion_step(
         model, batch_size=2, length=8, warmup=1, repeats=2, clock=FakeClock(0.25)
     )
     assert events == ["fwd", "sync"] + ["fwd", "sync"] * 2
@@ -307,7 +315,7 @@ def test_diffusion_step_measurement_warms_up_then_synchronises(events):
 
 def test_sampling_measurement_times_the_samplers_calls(events):
     model = counted(tiny_model(), events)
-    m = roofline.measure_sampling(
+    m = roofline_check.measure_sampling(
         model, ARDecoding(2, n_tokens=3, prompt_len=2), warmup=1, repeats=2, clock=FakeClock(1.0)
     )
     run = ["fwd"] * 3  # the prompt, then 2 more tokens
@@ -317,13 +325,15 @@ def test_sampling_measurement_times_the_samplers_calls(events):
     events.clear()
     block_model = counted(tiny_model(attention="block_causal", block_len=4), events)
     sampler = BlockDiffusionSampling(1, length=8, block_len=4, steps_per_block=2)
-    m = roofline.measure_sampling(block_model, sampler, warmup=0, repeats=1, clock=FakeClock(1))
+    m = roofline_check.measure_sampling(
+        block_model, sampler, warmup=0, repeats=1, clock=FakeClock(1)
+    )
     assert events.count("fwd") == m.n_calls == 6
 
 
 def test_fast_sampler_measurement_runs_notebook_09s_samplers(events):
     model = counted(tiny_model(), events)
-    m = roofline.measure_fast_sampler(
+    m = roofline_check.measure_fast_sampler(
         model, ARDecoding(2, n_tokens=3, prompt_len=2), warmup=1, repeats=2, clock=FakeClock(1.0)
     )
     # the real run and the run with a free network: each synchronised after its warm-up and
@@ -335,12 +345,14 @@ def test_fast_sampler_measurement_runs_notebook_09s_samplers(events):
     events.clear()
     block_model = counted(tiny_model(attention="block_causal", block_len=4), events)
     sampler = BlockDiffusionSampling(1, length=8, block_len=4, steps_per_block=4)
-    m = roofline.measure_fast_sampler(block_model, sampler, warmup=0, repeats=1, clock=FakeClock(1))
+    m = roofline_check.measure_fast_sampler(
+        block_model, sampler, warmup=0, repeats=1, clock=FakeClock(1)
+    )
     assert m.n_calls == 2 * (4 + 1)  # the modelled calls: 4 steps and a commit per block
     assert 2 * 4 <= events.count("fwd") <= m.n_calls  # (the sampler skips the last commit)
     assert events.count("sync") == 2 * 2  # the real run, then the free run: before and after
     with pytest.raises(ValueError, match="no fast sampler"):
-        roofline.measure_fast_sampler(model, DiffusionSampling(1, length=8, steps=2))
+        roofline_check.measure_fast_sampler(model, DiffusionSampling(1, length=8, steps=2))
 
 
 def test_check_performance_model_of_the_fast_samplers():
@@ -349,7 +361,7 @@ def test_check_performance_model_of_the_fast_samplers():
         ("tiny", TINY, ARDecoding(2, n_tokens=4, prompt_len=2)),
         ("tiny", config, BlockDiffusionSampling(1, length=8, block_len=4, steps_per_block=4)),
     ]
-    rows = roofline.check_performance_model(
+    rows = roofline_check.check_performance_model(
         "cpu", ceilings=hand_ceilings(), cases=cases, fast_samplers=True
     )
     assert [r["sampler"] for r in rows] == [sampler.describe() for _, _, sampler in cases]
@@ -359,18 +371,20 @@ def test_check_performance_model_of_the_fast_samplers():
 def test_the_samplers_own_time_adds_to_the_predicted_network_time():
     sampler = ARDecoding(1, n_tokens=4, prompt_len=2)
     p = roofline.predict_sampling(TINY, sampler, hand_ceilings())
-    (plain,) = roofline.compare_tokens_per_s([("t", TINY, sampler, 1.0)], hand_ceilings())
-    (own,) = roofline.compare_tokens_per_s([("t", TINY, sampler, 1.0, 0.5)], hand_ceilings())
+    (plain,) = roofline_check.compare_tokens_per_s([("t", TINY, sampler, 1.0)], hand_ceilings())
+    (own,) = roofline_check.compare_tokens_per_s([("t", TINY, sampler, 1.0, 0.5)], hand_ceilings())
     assert plain["predicted_tokens_per_s"] == pytest.approx(p.tokens / p.seconds)
     assert own["predicted_tokens_per_s"] == pytest.approx(p.tokens / (p.seconds + 0.5))
     assert own["sampler_own_s"] == 0.5 and plain["sampler_own_s"] == 0.0
-    assert "own s" in roofline.format_table([own]) and "own s" not in roofline.format_table([plain])
-    assert len(roofline.fast_sampler_cases(quick=False)) == 9
+    assert "own s" in roofline_check.format_table(
+        [own]
+    ) and "own s" not in roofline_check.format_table([plain])
+    assert len(roofline_check.fast_sampler_cases(quick=False)) == 9
 
 
 def test_measurement_rejects_a_model_without_cache():
     with pytest.raises(ValueError, match="KV cache"):
-        roofline.measure_ar_decode_step(
+        roofline_check.measure_ar_decode_step(
             tiny_model(attention="bidirectional"), batch_size=1, context=2
         )
 
@@ -384,7 +398,7 @@ def test_check_performance_model_runs_its_cases():
             DiffusionSampling(2, length=8, steps=2),
         ),
     ]
-    rows = roofline.check_performance_model("cpu", ceilings=hand_ceilings(), cases=cases)
+    rows = roofline_check.check_performance_model("cpu", ceilings=hand_ceilings(), cases=cases)
     assert [r["label"] for r in rows] == ["tiny", "tiny"]
     assert all(r["measured_tokens_per_s"] > 0 and math.isfinite(r["relative_error"]) for r in rows)
 
@@ -445,10 +459,10 @@ def test_quick_ceilings_are_positive_and_sane(monkeypatch):
     synchronized = []
     real_synchronize = env.synchronize
     monkeypatch.setattr(env, "synchronize", lambda d: synchronized.append(d) or real_synchronize(d))
-    c = roofline.measure_ceilings("cpu", quick=True)
+    c = measure_ceilings("cpu", quick=True)
     # every timing (matmul, two weight stacks at each row count per dtype, two copies, four
     # tiny forwards) synchronises after its warm-up and after each of its repeats
-    timings = (1 + 2 * len(roofline.QUICK_ROWS)) * len(c.matmul_flops) + 2 + 4
+    timings = (1 + 2 * len(QUICK_ROWS)) * len(c.matmul_flops) + 2 + 4
     assert len(synchronized) >= timings * (1 + c.protocol["repeats"])
     assert "float32" in c.matmul_flops
     assert ("bfloat16" in c.matmul_flops) == env.cpu_has_bf16_units()
@@ -464,5 +478,5 @@ def test_quick_ceilings_are_positive_and_sane(monkeypatch):
     for table in (c.rows_flops, c.rows_cache_flops):
         assert set(table) == set(c.matmul_flops)
         for rates in table.values():
-            assert sorted(rates) == list(roofline.QUICK_ROWS)
+            assert sorted(rates) == list(QUICK_ROWS)
             assert rates[256] > rates[1]  # reusing each weight read for more rows pays
