@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import html
+import inspect
 import io
+import textwrap
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -334,3 +336,30 @@ def denoising_player(
     if static or widgets is None:
         plot_trajectory(trajectory, tokenizer=tokenizer, width=width)
         plt.show()
+
+
+# -- code in the notebooks -------------------------------------------------------------------
+
+SHOW_LINES_MAX = 40  # an excerpt, not a listing: longer ones are refused
+
+
+def show_lines(fn: Callable, first: str, last: str) -> None:
+    """Print the lines of `fn`'s source from the first containing `first` to the next
+    containing `last`, dedented: a short, named excerpt of library code for a notebook.
+
+    Raises ValueError when either line is missing (the library changed: update the notebook's
+    anchors) or when the excerpt is longer than SHOW_LINES_MAX lines.
+    """
+    lines = inspect.getsource(fn).splitlines()
+    name = getattr(fn, "__qualname__", repr(fn))
+    start = next((i for i, line in enumerate(lines) if first in line), None)
+    if start is None:
+        raise ValueError(f"{name} has no line containing {first!r}")
+    stop = next((i for i, line in enumerate(lines) if last in line and i >= start), None)
+    if stop is None:
+        raise ValueError(f"{name} has no line containing {last!r} after {first!r}")
+    if stop - start + 1 > SHOW_LINES_MAX:
+        raise ValueError(
+            f"{stop - start + 1} lines of {name}: show an excerpt of at most {SHOW_LINES_MAX}"
+        )
+    print(textwrap.dedent("\n".join(lines[start : stop + 1])))

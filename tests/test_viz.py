@@ -120,3 +120,17 @@ def test_noising_pictures_keep_the_code_s_own_lines_and_indentation():
     texts = [t for t in fig.axes[0].texts if t.get_text() == "r"]
     assert texts and texts[0].get_position()[0] == pytest.approx(4.45)  # column 4: indented
     plt.close(fig)
+
+
+def test_show_lines_prints_a_dedented_excerpt_and_refuses_what_is_not_one(capsys):
+    from course_lib import sampling, viz
+
+    viz.show_lines(sampling.confident_commit, "conf = position_confidence", "return commit")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("conf = position_confidence") and out[-1] == "return commit"
+    with pytest.raises(ValueError, match="no line containing 'not there'"):
+        viz.show_lines(sampling.confident_commit, "not there", "return commit")
+    with pytest.raises(ValueError, match="after"):
+        viz.show_lines(sampling.confident_commit, "return commit", "conf = position")
+    with pytest.raises(ValueError, match="at most 40"):
+        viz.show_lines(sampling.sample_block_diffusion, "def sample_block_diffusion", "return")
