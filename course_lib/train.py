@@ -195,6 +195,33 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+@dataclass
+class _Run:
+    """What a training run carries from one step to the next (set up by `_set_up`)."""
+
+    model: torch.nn.Module  # the model being trained
+    net: torch.nn.Module  # the same, wrapped in DistributedDataParallel under torchrun
+    cfg: TrainConfig
+    source: BatchSource
+    loss_fn: Callable[..., torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    autocast: torch.dtype | None
+    rank: int
+    world: int
+    data_gen: torch.Generator  # which windows are drawn
+    loss_gen: torch.Generator  # the objective's own noise (masking times, masks)
+    ckpt_path: Path | None
+    result: TrainResult
+    hardware: str
+    step: int = 0  # finished steps
+    last_loss: float = math.nan  # the training loss of the last finished step
+    step_rng: dict = field(default_factory=dict)  # the random state after the last step
+    tokens_seen: int = 0  # by this call
+    earlier_wall_s: float = 0.0  # the resumed parts' training time
+    t0: float = field(default_factory=time.perf_counter)
+
+
 def train(
     model: Transformer,
     cfg: TrainConfig,
@@ -210,7 +237,145 @@ def train(
 
     With `resume=True` and a checkpoint of the same configuration in `out_dir`, training
     continues from it. `on_step(step, loss)` is called after every step (for plots or tests).
+    A Ctrl-C saves the last finished step and returns; any other error saves, then raises.
     """
+    run = _set_up(model, cfg, source, out_dir, resume, device, progress)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=run.step,
+        disable=not progress or run.rank != 0,
+        desc="train",
+        mininterval=1.0,
+    )
+    try:
+        if run.step > 0 and _evaluates(run.step, cfg) and not _evaluated(run, run.step):
+            log_evaluation(run)  # the last run was interrupted while evaluating this step
+        while run.step < cfg.steps:
+            loss = train_step(run)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr_at(run.step - 1, cfg):.1e}", refresh=False)
+            bar.update(1)
+            if _evaluates(run.step, cfg):
+                log_evaluation(run)
+            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+                save_checkpoint(run)
+            if on_step is not None:
+                on_step(run.step, loss)
+    except KeyboardInterrupt:
+        save_checkpoint(run)
+        run.result.interrupted = True
+        if run.rank == 0:
+            where = f"; run the same call again to resume from {env.shown_path(run.ckpt_path)}"
+            print(f"\ninterrupted at step {run.step}{where if run.ckpt_path else ''}")
+        _evaluate_after_interrupt(run)
+    except BaseException:
+        save_checkpoint(run)  # nothing is lost: the last finished step is on disk
+        raise
+    finally:
+        bar.close()
+    result = run.result
+    result.steps_done = run.step
+    result.wall_time_s = time.perf_counter() - run.t0
+    result.total_wall_time_s = run.earlier_wall_s + result.wall_time_s
+    return result
+
+
+def train_step(run: _Run) -> float:
+    """One optimiser step on the next batch; returns its training loss (nats per token)."""
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(run.step, cfg)
+    # every process draws the same global batch and keeps its own slice, so the
+    # averaged gradient is exactly the single-process gradient of the whole batch
+    local = cfg.batch_size // run.world
+    batch = run.source.get_batch("train", cfg.batch_size, run.data_gen)
+    batch = batch[run.rank * local : (run.rank + 1) * local].to(run.device)
+    with _autocast(run.device, run.autocast):
+        loss = run.loss_fn(run.net, batch, run.loss_gen)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    loss_value = loss.item()
+    if run.world > 1:
+        mean = torch.tensor([loss_value], device=run.device)
+        dist.all_reduce(mean)
+        loss_value = mean.item() / run.world
+    rng_after = random_state(run)
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.step, run.last_loss, run.step_rng = run.step + 1, loss_value, rng_after  # done
+    run.tokens_seen += batch.numel() * run.world
+    return loss_value
+
+
+def log_evaluation(run: _Run, **extra) -> None:
+    """Evaluate the model after `run.step` steps and add a row to the history."""
+    val = evaluate(
+        run.model, run.source, run.cfg, run.loss_fn, device=run.device, autocast=run.autocast
+    )
+    elapsed = time.perf_counter() - run.t0
+    run.result.history.append(
+        {
+            "step": run.step,
+            "train_loss": run.last_loss,
+            "val_loss": val,
+            "val_bits": val / math.log(2),
+            "lr": lr_at(run.step - 1, run.cfg),
+            # nan when this call has trained nothing yet (an evaluation finished on resume)
+            "tokens_per_s": run.tokens_seen / elapsed if run.tokens_seen else float("nan"),
+            **extra,
+        }
+    )
+
+
+def save_checkpoint(run: _Run) -> None:
+    """Write the last finished step (weights, optimiser, random state, history) to disk."""
+    if run.ckpt_path is not None and run.rank == 0:
+        state = {
+            "step": run.step,
+            "train_loss": run.last_loss,
+            "optimizer": run.optimizer.state_dict(),
+            **run.step_rng,
+            "train_config": asdict(run.cfg),
+            "history": run.result.history,
+            "wall_time_s": run.earlier_wall_s + time.perf_counter() - run.t0,
+            "hardware": run.hardware,
+        }
+        checkpoints.save_checkpoint(run.ckpt_path, run.model, train_state=state)
+    if run.world > 1:
+        dist.barrier()
+    run.result.checkpoint = run.ckpt_path
+
+
+def random_state(run: _Run) -> dict:
+    """The generators' states: a resumed run draws exactly what an uninterrupted one does."""
+    return {
+        "data_generator": run.data_gen.get_state(),
+        "loss_generator": run.loss_gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _evaluates(step: int, cfg: TrainConfig) -> bool:
+    return step % cfg.eval_every == 0 or step == cfg.steps
+
+
+def _evaluated(run: _Run, step: int) -> bool:
+    return any(row["step"] == step for row in run.result.history)
+
+
+def _evaluate_after_interrupt(run: _Run) -> None:
+    """Score the half-trained model, so the caller can go on with it (notebook 03).
+
+    The row is this call's only: the checkpoint, already saved, keeps the history of an
+    uninterrupted run. A second Ctrl-C skips the evaluation.
+    """
+    if run.result.history and run.result.history[-1]["step"] == run.step:
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        log_evaluation(run, interrupted=True)
+
+
+def _set_up(model, cfg, source, out_dir, resume, device, progress) -> _Run:
+    """The device, the processes, the optimiser and the generators; a checkpoint to resume."""
     rank, world = _distributed()
     if device is None:
         device = (
@@ -222,156 +387,44 @@ def train(
         device = env.get_device(str(device))  # a clear error for a device this machine lacks
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
-    loss_fn = get_objective(cfg.objective)
-    source = source if source is not None else TextBatches("pystdlib", cfg.seq_len)
-    autocast = _precision(cfg, device)
     model.to(device).train()
-    optimizer = _make_optimizer(model, cfg, device)
-    data_gen = torch.Generator().manual_seed(cfg.seed)  # which windows are drawn
-    # the objective's own noise (masking times, masks); each process draws its own
-    loss_gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * rank)
-    result = TrainResult()
-    step = 0  # finished steps
-    last_loss = float("nan")  # the training loss of the last finished step
-    ckpt_path = Path(out_dir) / "last.pt" if out_dir is not None else None
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        step, last_loss = _restore(ckpt_path, model, optimizer, cfg, data_gen, loss_gen, result)
-        result.checkpoint = ckpt_path  # also when the run had already finished
+    info = env.describe_environment(device)
+    run = _Run(
+        model=model,
+        net=model,
+        cfg=cfg,
+        source=source if source is not None else TextBatches("pystdlib", cfg.seq_len),
+        loss_fn=get_objective(cfg.objective),
+        optimizer=_make_optimizer(model, cfg, device),
+        device=device,
+        autocast=_precision(cfg, device),
+        rank=rank,
+        world=world,
+        data_gen=torch.Generator().manual_seed(cfg.seed),
+        # each process draws its own noise
+        loss_gen=torch.Generator().manual_seed(cfg.seed + 1 + 1000 * rank),
+        ckpt_path=Path(out_dir) / "last.pt" if out_dir is not None else None,
+        result=TrainResult(),
+        hardware=f"{info.get('gpu', info['processor'])} ({info['device']}, {world} process(es))",
+    )
+    if run.ckpt_path is not None and resume and run.ckpt_path.exists():
+        run.step, run.last_loss = _restore(
+            run.ckpt_path, model, run.optimizer, cfg, run.data_gen, run.loss_gen, run.result
+        )
+        run.result.checkpoint = run.ckpt_path  # also when the run had already finished
         if rank == 0 and progress:
-            print(f"resuming from {env.shown_path(ckpt_path)} at step {step}")
-    net = model
+            print(f"resuming from {env.shown_path(run.ckpt_path)} at step {run.step}")
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
+        run.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    local = cfg.batch_size // world
-    bar = tqdm(
-        total=cfg.steps,
-        initial=step,
-        disable=not progress or rank != 0,
-        desc="train",
-        mininterval=1.0,
-    )
-    t0 = time.perf_counter()
-    tokens_seen = 0
-
-    def random_state() -> dict:
-        return {
-            "data_generator": data_gen.get_state(),
-            "loss_generator": loss_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-
     # The random state as the last finished step left it. A Ctrl-C in the middle of a step
     # saves this one, not the half-used state of the unfinished step, so a resume draws that
     # step's batch and noise again, exactly as an uninterrupted run does.
-    step_rng = random_state()
-    earlier_wall_s = result.total_wall_time_s  # restored from the checkpoint when resuming
-    info = env.describe_environment(device)
-    hardware = f"{info.get('gpu', info['processor'])} ({info['device']}, {world} process(es))"
-
-    def save() -> None:
-        if ckpt_path is not None and rank == 0:
-            state = {
-                "step": step,
-                "train_loss": last_loss,
-                "optimizer": optimizer.state_dict(),
-                **step_rng,
-                "train_config": asdict(cfg),
-                "history": result.history,
-                "wall_time_s": earlier_wall_s + time.perf_counter() - t0,
-                "hardware": hardware,
-            }
-            checkpoints.save_checkpoint(ckpt_path, model, train_state=state)
-        if world > 1:
-            dist.barrier()
-        result.checkpoint = ckpt_path
-
-    def log_evaluation(**extra) -> None:
-        """Evaluate the model after `step` steps and add a row to the history."""
-        val = evaluate(model, source, cfg, loss_fn, device=device, autocast=autocast)
-        elapsed = time.perf_counter() - t0
-        result.history.append(
-            {
-                "step": step,
-                "train_loss": last_loss,
-                "val_loss": val,
-                "val_bits": val / math.log(2),
-                "lr": lr_at(step - 1, cfg),
-                # nan when this call has trained nothing yet (an evaluation finished on resume)
-                "tokens_per_s": tokens_seen / elapsed if tokens_seen else float("nan"),
-                **extra,
-            }
-        )
-
-    def evaluate_after_interrupt() -> None:
-        """Score the half-trained model, so the caller can go on with it (notebook 03).
-
-        The row is this call's only: the checkpoint, already saved, keeps the history of an
-        uninterrupted run. A second Ctrl-C skips the evaluation.
-        """
-        if result.history and result.history[-1]["step"] == step:
-            return
-        with contextlib.suppress(KeyboardInterrupt):
-            log_evaluation(interrupted=True)
-
-    def evaluates(s: int) -> bool:
-        return s % cfg.eval_every == 0 or s == cfg.steps
-
-    try:
-        if step > 0 and evaluates(step) and not any(r["step"] == step for r in result.history):
-            log_evaluation()  # the last run was interrupted while evaluating this step
-        while step < cfg.steps:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            # every process draws the same global batch and keeps its own slice, so the
-            # averaged gradient is exactly the single-process gradient of the whole batch
-            batch = source.get_batch("train", cfg.batch_size, data_gen)
-            batch = batch[rank * local : (rank + 1) * local].to(device)
-            with _autocast(device, autocast):
-                loss = loss_fn(net, batch, loss_gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            loss_value = loss.item()
-            if world > 1:
-                mean = torch.tensor([loss_value], device=device)
-                dist.all_reduce(mean)
-                loss_value = mean.item() / world
-            rng_after = random_state()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step, last_loss, step_rng = step + 1, loss_value, rng_after  # the step is done
-            tokens_seen += batch.numel() * world
-            bar.set_postfix(
-                loss=f"{loss_value:.3f}", lr=f"{lr_at(step - 1, cfg):.1e}", refresh=False
-            )
-            bar.update(1)
-            if evaluates(step):
-                log_evaluation()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save()
-            if on_step is not None:
-                on_step(step, loss_value)
-    except KeyboardInterrupt:
-        save()
-        result.interrupted = True
-        if rank == 0:
-            where = (
-                f"; run the same call again to resume from {env.shown_path(ckpt_path)}"
-                if ckpt_path
-                else ""
-            )
-            print(f"\ninterrupted at step {step}{where}")
-        evaluate_after_interrupt()
-    except BaseException:
-        save()  # nothing is lost: the last finished step is on disk
-        raise
-    finally:
-        bar.close()
-    result.steps_done = step
-    result.wall_time_s = time.perf_counter() - t0
-    result.total_wall_time_s = earlier_wall_s + result.wall_time_s
-    return result
+    run.step_rng = random_state(run)
+    run.earlier_wall_s = run.result.total_wall_time_s  # restored from the checkpoint
+    run.t0 = time.perf_counter()
+    return run
 
 
 def _make_optimizer(
