@@ -7,27 +7,16 @@ text it writes, against float32.
 
 import pytest
 import torch
+from test_fast import L, V
+from test_fast import make as make_on_cpu
 
 from course_lib import checkpoints, env, fast, metrics, sampling
-from course_lib.model import ModelConfig, Transformer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-V, L, BLOCK = 11, 32, 8
-
 
 def make(attention):
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=V,
-        context_len=L,
-        n_layer=2,
-        n_head=2,
-        d_model=32,
-        attention=attention,
-        block_len=BLOCK if attention == "block_causal" else None,
-    )
-    return Transformer(config).cuda().eval()
+    return make_on_cpu(attention).cuda()  # the CPU tests' tiny models, on the GPU
 
 
 def gen(seed=0):
