@@ -49,6 +49,15 @@ def test_no_machine_paths_errors_or_stray_stderr(notebook):
             assert re.search(r"\d+%\|", text), f"cell {index} wrote to stderr: {text[:200]!r}"
 
 
+def test_training_cells_show_the_training_not_a_resumed_run(notebook):
+    """A regeneration that found an old run in data/runs/ resumes it and trains for 0 s: delete
+    the run (or regenerate with a fresh COURSE_DATA_DIR) first."""
+    for index, output in _outputs(notebook):
+        text = _text(output)
+        assert "resuming from" not in text, f"cell {index} resumed a run: {text[:120]!r}"
+        assert not re.search(r"ran for 0 s|trained for 0(\.0)? s", text), f"cell {index}"
+
+
 def test_no_bare_true_or_false_under_a_cell(notebook):
     for index, output in _outputs(notebook):
         if output["output_type"] == "execute_result":
