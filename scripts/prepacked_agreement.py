@@ -9,7 +9,7 @@ block are: the ties behind most of the changes. It writes everything it prints, 
 machine and the protocol, to data/results/prepacked-agreement.json, which notebook 09 reads.
 
     python scripts/prepacked_agreement.py                    # 50 calls of batch 4 per setting
-    python scripts/prepacked_agreement.py --calls 10 --settings margin-16 margin-4 --out /tmp/a.json
+    python scripts/prepacked_agreement.py --calls 10 --settings margin-16 margin-4 --out agreement.json
 
 About 15 minutes in all at 12 calls (the committed results), on one CPU thread; 50 calls take
 four times as long.
