@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from exercise_helpers import not_yet, right
+from exercise_helpers import assert_correct, assert_not_attempted
 
 from course_lib import checks
 from course_lib.checks import CheckFailed
@@ -65,21 +65,13 @@ def bits_per_position(model, batch):
     return F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none") / math.log(2)
 
 
-def stub(*args):
-    """A stub as the notebook ships it."""
-    raise NotImplementedError  # your code here
-
-
 @pytest.mark.parametrize("answer", [bits_right, bits_right_full_forward])
 def test_next_token_bits_accepts_right_answers(answer, capsys):
-    assert right(checks.check_next_token_bits(answer))
-    assert "correct" in capsys.readouterr().out
+    assert_correct(checks.check_next_token_bits, answer, capsys)
 
 
 def test_next_token_bits_stub_is_not_attempted(capsys):
-    assert not_yet(checks.check_next_token_bits(stub))
-    out = capsys.readouterr().out
-    assert "not attempted yet" in out and "solutions" in out
+    assert_not_attempted(checks.check_next_token_bits, capsys)
 
 
 @pytest.mark.parametrize(
@@ -136,13 +128,11 @@ def lr_constant(step, cfg):
 
 @pytest.mark.parametrize("answer", [lr_right, lr_at])
 def test_lr_schedule_accepts_right_answers(answer, capsys):
-    assert right(checks.check_lr_schedule(answer))
-    assert "correct" in capsys.readouterr().out
+    assert_correct(checks.check_lr_schedule, answer, capsys)
 
 
 def test_lr_schedule_stub_is_not_attempted(capsys):
-    assert not_yet(checks.check_lr_schedule(stub))
-    assert "not attempted yet" in capsys.readouterr().out
+    assert_not_attempted(checks.check_lr_schedule, capsys)
 
 
 @pytest.mark.parametrize(
@@ -196,13 +186,11 @@ def temperature_float_list(logits, temperature):
 
 
 def test_temperature_accepts_the_right_answer(capsys):
-    assert right(checks.check_temperature_probs(temperature_right))
-    assert "correct" in capsys.readouterr().out
+    assert_correct(checks.check_temperature_probs, temperature_right, capsys)
 
 
 def test_temperature_stub_is_not_attempted(capsys):
-    assert not_yet(checks.check_temperature_probs(stub))
-    assert "not attempted yet" in capsys.readouterr().out
+    assert_not_attempted(checks.check_temperature_probs, capsys)
 
 
 @pytest.mark.parametrize(
