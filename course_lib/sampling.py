@@ -741,8 +741,7 @@ def sample_block_diffusion(
     check_temperature(temperature)
     threshold = _check_strategy(strategy, threshold, confidence)
     mode = _cache_mode(model, block_len, use_kv_cache, approximate_cache)
-    return _decode_blocks(
-        model,
+    how = BlockDecoding(
         length=length,
         block_len=block_len,
         steps_per_block=steps_per_block,
@@ -751,43 +750,47 @@ def sample_block_diffusion(
         threshold=threshold,
         prompt=prompt,
         temperature=temperature,
-        mode=mode,
-        generator=generator,
         stop=_stop_pattern(stop_ids),
         schedule=diffusion.get_schedule(schedule),
         confidence=confidence or "low_confidence",
         mask_id=diffusion.resolve_mask_id(model, mask_id),
         record=record,
     )
+    return _decode_blocks(model, how, mode=mode, generator=generator)
+
+
+@dataclass(frozen=True)
+class BlockDecoding:
+    """How `sample_block_diffusion` decodes, its arguments checked: what `_decode_blocks` and
+    `prefix_cache_error` share (one object, not a dozen keyword arguments passed along)."""
+
+    length: int
+    block_len: int
+    steps_per_block: int
+    batch_size: int
+    strategy: str
+    threshold: float | None
+    prompt: torch.Tensor | None
+    temperature: float
+    stop: torch.Tensor | None  # the pattern that ends a text (`stop_ids`), or None
+    schedule: diffusion.Schedule
+    confidence: str
+    mask_id: int
+    record: bool
 
 
 def _decode_blocks(
-    model,
-    *,
-    length,
-    block_len,
-    steps_per_block,
-    batch_size,
-    strategy,
-    threshold,
-    prompt,
-    temperature,
-    mode,
-    generator,
-    stop,
-    schedule,
-    confidence,
-    mask_id,
-    record,
-    errors=None,
+    model, how: BlockDecoding, *, mode: str, generator, errors: list | None = None
 ) -> DiffusionSample:
-    """The block loop of `sample_block_diffusion`, its arguments checked."""
-    device = _device_of(model, prompt)
-    x = _initial_state(length, batch_size, prompt, mask_id, device)  # (B, L)
-    prompt_len = 0 if prompt is None else prompt.shape[-1]
-    trajectory = [x.cpu().clone()] if record else None
-    alphas = schedule.alpha(schedule.time_grid(steps_per_block)).tolist()
-    cache = model.new_cache(batch_size) if mode in ("exact", "approximate", "dual") else None
+    """The block loop of `sample_block_diffusion`."""
+    length, block_len, mask_id = how.length, how.block_len, how.mask_id
+    device = _device_of(model, how.prompt)
+    x = _initial_state(length, how.batch_size, how.prompt, mask_id, device)  # (B, L)
+    prompt_len = 0 if how.prompt is None else how.prompt.shape[-1]
+    trajectory = [x.cpu().clone()] if how.record else None
+    alphas = how.schedule.alpha(how.schedule.time_grid(how.steps_per_block)).tolist()
+    cached = mode in ("exact", "approximate", "dual")
+    cache = model.new_cache(how.batch_size) if cached else None
     nfe = steps_taken = n_generated = 0
     end = length
     with eval_mode(model):
@@ -796,17 +799,17 @@ def _decode_blocks(
             block = x[:, start:stop_at]  # (B, b)
             n_generated += int((block == mask_id).sum())
             view = _BlockView(model, x, start, stop_at, mode, cache, mask_id, errors)
-            block_trajectory = [] if record else None
+            block_trajectory = [] if how.record else None
             block, _, steps = _denoise(
                 view,
                 block,
                 alphas,
                 mask_id,
-                temperature,
+                how.temperature,
                 generator,
-                strategy=strategy,
-                confidence=confidence,
-                threshold=threshold,
+                strategy=how.strategy,
+                confidence=how.confidence,
+                threshold=how.threshold,
                 trajectory=block_trajectory,
             )
             x[:, start:stop_at] = block
@@ -816,6 +819,7 @@ def _decode_blocks(
                 whole = trajectory[-1].clone()
                 whole[:, start:stop_at] = state
                 trajectory.append(whole)
+            stop = how.stop
             if stop is not None and bool(_contains(x[:, prompt_len:stop_at], stop).all()):
                 end = stop_at
                 break
@@ -875,7 +879,7 @@ def prefix_cache_error(
     check_temperature(temperature)
     threshold = _check_strategy(strategy, threshold, confidence)
     mode = _cache_mode(model, block_len, False, approximate_cache)
-    settings = dict(
+    how = BlockDecoding(
         length=length,
         block_len=block_len,
         steps_per_block=steps_per_block,
@@ -892,16 +896,9 @@ def prefix_cache_error(
     )
     steps: list[dict] = []
     with torch.inference_mode():
-        cached = _decode_blocks(
-            model,
-            mode=mode,
-            generator=torch.Generator().manual_seed(seed),
-            errors=steps,
-            **settings,
-        )
-        exact = _decode_blocks(
-            model, mode="full", generator=torch.Generator().manual_seed(seed), **settings
-        )
+        seeded = torch.Generator().manual_seed
+        cached = _decode_blocks(model, how, mode=mode, generator=seeded(seed), errors=steps)
+        exact = _decode_blocks(model, how, mode="full", generator=seeded(seed))
     if not steps:
         raise ValueError("nothing was decoded: the prompt fills every position")
     first = [row for row in steps if row["step"] == 0]
