@@ -37,6 +37,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from course_lib import env
 from course_lib.model import eval_mode  # noqa: F401 (diffusion.eval_mode, its old home)
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
@@ -237,7 +238,7 @@ def corrupt(
         )
     if t.min() < 0 or t.max() > 1:
         raise ValueError("diffusion times t must lie in [0, 1]")
-    gen_device = generator.device if generator is not None else x0.device
+    gen_device = env.generator_device(generator, x0.device)
     u = torch.rand(x0.shape, dtype=torch.float64, generator=generator, device=gen_device)
     masked = u.to(x0.device) < schedule.mask_prob(t)  # (B, L)
     return x0.masked_fill(masked, mask_id)
@@ -265,7 +266,7 @@ def sample_times(
     """
     if not 0 <= time_eps < 1:
         raise ValueError(f"time_eps must be in [0, 1), got {time_eps}")
-    gen_device = generator.device if generator is not None else device
+    gen_device = env.generator_device(generator, device)
     if low_discrepancy:
         u = torch.rand(1, dtype=torch.float64, generator=generator, device=gen_device)
         strata = torch.arange(batch_size, dtype=torch.float64, device=gen_device) / batch_size
@@ -490,7 +491,7 @@ def block_nelbo_per_sequence(
         generator=generator,
         device=x0.device,
     ).view(B, n_blocks)  # (B, n_blocks): one time per block
-    gen_device = generator.device if generator is not None else x0.device
+    gen_device = env.generator_device(generator, x0.device)
     u = torch.rand(x0.shape, dtype=torch.float64, generator=generator, device=gen_device)
     mask_prob = schedule.mask_prob(t).repeat_interleave(block_len, dim=1)  # (B, L)
     x_t = x0.masked_fill(u.to(x0.device) < mask_prob, mask_id)  # (B, L)

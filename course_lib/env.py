@@ -92,6 +92,15 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def generator_device(
+    generator: torch.Generator | None, default: torch.device | str
+) -> torch.device:
+    """Where random numbers are drawn: `generator`'s own device, or `default` without one (a
+    CPU generator draws on the CPU even for a model on a GPU, so the same seed gives the same
+    numbers on every machine)."""
+    return generator.device if generator is not None else torch.device(default)
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait until all queued work on `device` has finished (a no-op on the CPU)."""
     device = torch.device(device)

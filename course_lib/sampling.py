@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from course_lib import diffusion
+from course_lib import diffusion, env
 from course_lib.model import KVCache, Transformer, eval_mode
 
 
@@ -55,7 +55,7 @@ def sample_categorical(
     Inverse-CDF sampling in float64: one uniform u per draw, the id is the first whose
     cumulative probability exceeds u. The generator may live on the CPU for any device.
     """
-    gen_device = generator.device if generator is not None else probs.device
+    gen_device = env.generator_device(generator, probs.device)
     u = torch.rand(probs.shape[:-1], dtype=torch.float64, generator=generator, device=gen_device)
     cdf = probs.double().cumsum(-1)
     u = u.to(probs.device) * cdf[..., -1]  # scale by the total mass, which rounding leaves ~1
@@ -216,7 +216,7 @@ def _device_of(denoiser: diffusion.Denoiser, prompt: torch.Tensor | None) -> tor
 
 
 def _uniforms(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
-    gen_device = generator.device if generator is not None else device
+    gen_device = env.generator_device(generator, device)
     return torch.rand(shape, dtype=torch.float64, generator=generator, device=gen_device).to(device)
 
 
@@ -484,7 +484,7 @@ def gumbel_max_sample(
     """
     # significand bits: 53 float64, 24 float32, 11 float16, 8 bfloat16
     bits = round(-math.log2(torch.finfo(noise_dtype).eps)) + 1
-    gen_device = generator.device if generator is not None else logits.device
+    gen_device = env.generator_device(generator, logits.device)
     u = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=gen_device)
     u = (torch.floor(u * 2.0**bits) / 2.0**bits).to(logits.device, noise_dtype)  # k / 2^bits
     gumbel = -torch.log(-torch.log(u))  # in noise_dtype; u = 0 gives -inf (never chosen)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from course_lib import env
 from course_lib.model import Transformer, eval_mode
 from course_lib.sampling import check_temperature, logits_to_probs, sample_categorical
 
@@ -63,7 +64,7 @@ def accept_or_resample(
     else from p[k].
     """
     k = drafted.numel()
-    gen_device = generator.device if generator is not None else p.device
+    gen_device = env.generator_device(generator, p.device)
     u = torch.rand(k, dtype=torch.float64, generator=generator, device=gen_device).tolist()
     for i in range(k):
         token = int(drafted[i])
