@@ -348,19 +348,14 @@ def ar_rows(
     )
 
 
-def _final_stage(stages: list, *, compile: bool = False):
-    """The last stage without compile (compile=False) or the last one (compile=True)."""
-    return [s for s in stages if compile or not s[1].compile][-1]
-
-
 def _exact_and_fastest(device: torch.device, stages: list) -> list:
     """The last float32 stage (the reference's tokens) and, on a GPU, the last one with bf16
     and CUDA graphs (compile left out: it has rows of its own)."""
     from course_lib import fast
 
     runnable = fast.stages_for(device, stages)
-    exact = _final_stage([(name, o) for name, o in runnable if not fast.needs_cuda(o)])
-    fastest = _final_stage(runnable)
+    exact = fast.final_stage([(name, o) for name, o in runnable if not fast.needs_cuda(o)])
+    fastest = fast.final_stage(runnable)
     return [exact] if fastest == exact else [exact, fastest]
 
 
@@ -368,8 +363,8 @@ def batch_rows(suite: Suite, diffusion_model, ar_model, *, batches, compile: boo
     """The optimized samplers at several batch sizes (tokens/s grows while weights are shared)."""
     from course_lib import fast
 
-    diffusion_stage = _final_stage(fast.stages_for(suite.device), compile=compile)
-    ar_stage = _final_stage(fast.stages_for(suite.device, fast.AR_STAGES), compile=compile)
+    diffusion_stage = fast.final_stage(fast.stages_for(suite.device), compile=compile)
+    ar_stage = fast.final_stage(fast.stages_for(suite.device, fast.AR_STAGES), compile=compile)
     L = diffusion_model.config.context_len
     for batch in batches:
         diffusion_rows(
@@ -607,7 +602,7 @@ def _quick(suite: Suite, *, compile: bool, smoke: bool) -> None:
         length=32,
         steps_per_block=64,
         strategy="ancestral",
-        stages=[_final_stage(stages)],
+        stages=[fast.final_stage(stages)],
     )
     ar = _random_model(tiny, "causal", device)
     ar_rows(suite, ar, section="AR", n_tokens=31, stages=_stages(device, fast.AR_STAGES, compile))
@@ -620,7 +615,7 @@ def _cpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
 
     device = suite.device
     stages = _stages(device, fast.DIFFUSION_STAGES, compile)
-    final = [_final_stage(stages)]
+    final = [fast.final_stage(stages)]
     block = _random_model(SHAPES["small"], "block_causal", device)
     diffusion_rows(
         suite,
@@ -733,7 +728,7 @@ def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
             section=section,
             length=L,
             steps_per_block=block.config.block_len,
-            stages=[_final_stage(stages, compile=True)],
+            stages=[fast.final_stage(stages, compile=True)],
             reference=block_reference,
         )
         ar_rows(
@@ -741,7 +736,7 @@ def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
             ar,
             section="stages: AR",
             n_tokens=L - 1,
-            stages=[_final_stage(ar_stages, compile=True)],
+            stages=[fast.final_stage(ar_stages, compile=True)],
             reference=ar_reference,
         )
 

@@ -180,6 +180,12 @@ def stages_for(device: torch.device | str, stages: list | None = None) -> list:
     return runnable
 
 
+def final_stage(stages: list, *, compile: bool = False) -> tuple[str, object]:
+    """The last (name, options) of `stages` without compile (compile=False), or the last one:
+    the fastest stage a sampler runs by default (compile is timed apart, its rows their own)."""
+    return [s for s in stages if compile or not s[1].compile][-1]
+
+
 def cpu_bf16_stage(stages: list | None = None) -> tuple[str, object] | None:
     """("bf16", options): the last float32 CPU stage of `stages` (default: the diffusion
     sampler's) with bf16 on and prepacked_weights off, where this CPU's bfloat16 is measured
@@ -187,8 +193,8 @@ def cpu_bf16_stage(stages: list | None = None) -> tuple[str, object] | None:
     float32's tokens, and bf16 changes them, so its text is judged by quality instead."""
     if half_dtype("cpu") is None:
         return None
-    runnable = [s for s in stages_for("cpu", stages) if not s[1].compile]
-    return "bf16", replace(runnable[-1][1], bf16=True, prepacked_weights=False)
+    options = final_stage(stages_for("cpu", stages))[1]
+    return "bf16", replace(options, bf16=True, prepacked_weights=False)
 
 
 def _check_options(options, model: Transformer) -> None:

@@ -286,9 +286,9 @@ def draw_samples(
 
 def _last_stage(device: torch.device, stages: list):
     """The optimized sampler's last stage that runs here, compile left out (it has its own rows)."""
-    from course_lib import bench_suites, fast
+    from course_lib import fast
 
-    return bench_suites._final_stage(fast.stages_for(device, stages))[1]
+    return fast.final_stage(fast.stages_for(device, stages))[1]
 
 
 # -- what the roofline model predicts for the same shapes on each catalog GPU ---------------

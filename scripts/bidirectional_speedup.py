@@ -87,7 +87,7 @@ def main() -> None:
         half = Transformer(model.config).eval()
         half.load_state_dict(model.state_dict())
         half = half.to(torch.bfloat16)
-    stage_name, options = [s for s in fast.stages_for("cpu") if not s[1].compile][-1]
+    stage_name, options = fast.final_stage(fast.stages_for("cpu"))
     samplers = {
         f"optimized ({stage_name})": fast.FastDiffusionSampler(
             model, length=length, options=options
