@@ -1,21 +1,15 @@
 """scripts/gpu_session.py, the one command for a lent GPU: its dry run, here on the CPU."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_session.py"
+from script_helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def session():
-    spec = importlib.util.spec_from_file_location("gpu_session", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_session")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

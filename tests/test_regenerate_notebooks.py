@@ -1,23 +1,16 @@
 """scripts/regenerate_notebooks.py: runs notebooks in the right mode and saves their outputs."""
 
 import base64
-import importlib.util
 import os
 
 import nbformat
 import pytest
-
-from course_lib import env
-
-SCRIPT = env.DATA_DIR.parent / "scripts" / "regenerate_notebooks.py"
+from script_helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("regenerate_notebooks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("regenerate_notebooks")
 
 
 def _notebook(folder, name):
