@@ -472,10 +472,15 @@ def test_the_dual_cache_writes_the_reference_dual_caches_tokens(strategy, models
             out = sampler(steps_per_block=4, generator=torch.Generator().manual_seed(seed), **extra)
             assert torch.equal(out.tokens, ref.tokens), (strategy, seed, options)
             assert out.nfe == ref.nfe and out.steps_taken == ref.steps_taken
-    exact = fast.reference_sample_diffusion(
-        model, generator=torch.Generator().manual_seed(0), **settings, **extra
-    )
-    assert not torch.equal(exact.tokens, ref.tokens) or strategy == "ancestral"  # approximate
+    # On this tiny random model the dual cache's logits are so close to the exact ones that
+    # the tokens equal those of no cache too, so equality alone cannot show the cache is used:
+    # check the forwards' widths (its approximation is measured in test_block_diffusion.py).
+    widths = []
+    step = sampler.step
+    sampler.step = lambda ids, positions: widths.append(ids.shape[1]) or step(ids, positions)
+    sampler(steps_per_block=4, generator=torch.Generator().manual_seed(0), **extra)
+    blocks = len([w for w in widths if w == L])
+    assert blocks >= 1 and set(widths) <= {L, BLOCK} and BLOCK in widths  # refresh, then blocks
 
 
 def test_the_dual_cache_is_for_bidirectional_models_with_the_static_cache(models):
