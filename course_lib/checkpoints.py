@@ -147,7 +147,7 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> dict:
 
 
 # ModelConfig fields that decide how a model attends, not the shapes of its weights
-ATTENTION_FIELDS = ("attention", "block_len")
+ATTENTION_FIELDS = ("attention", "block_len", "next_token_shift")  # how the same weights are read
 
 
 def load_weights(

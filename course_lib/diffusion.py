@@ -426,6 +426,12 @@ def _block_len_of(model: Denoiser) -> int:
     return int(config.block_len)
 
 
+def _next_token_shift(model: Denoiser) -> bool:
+    """Whether `model`'s logits at position i predict token i + 1 (`ModelConfig.next_token_shift`)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    return bool(getattr(config, "next_token_shift", False))
+
+
 def bd3lm_attention_mask(
     length: int, block_len: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
@@ -473,6 +479,13 @@ def block_nelbo_per_sequence(
     only supplies keys and values. That costs about twice an MDLM step, where the obvious
     form (one copy of the sequence per block) costs n_blocks times.
 
+    With `ModelConfig.next_token_shift` (an AR model's head kept: the logits at position i
+    predict token i + 1), `x0` is (B, L + 1): its first id is context, and the bound is of
+    the L ids after it. Input i holds target i - 1, so the block of targets k*b+1..(k+1)*b is
+    predicted by inputs k*b..(k+1)*b-1, the first of which is the clean last token of the
+    block before (as for AR, the token before a block predicts its first token). The
+    block's last target is an input only of the next block, so its own block never reads it.
+
     Random numbers, in this order: the times (`sample_times`, B * n_blocks), then one float64
     uniform per token for the masks. With a single block it is exactly `nelbo_per_sequence`.
     """
@@ -480,6 +493,11 @@ def block_nelbo_per_sequence(
     mask_id = resolve_mask_id(model, mask_id)
     _check_clean(x0, mask_id)
     block_len = _block_len_of(model)
+    shift = _next_token_shift(model)
+    if shift:  # x0[:, 0] is the context; the bound is of x0[:, 1:], read one place earlier
+        x0, targets = x0[:, :-1], x0[:, 1:]
+    else:
+        targets = x0
     B, L = x0.shape
     if L % block_len:
         raise ValueError(f"block_len={block_len} must divide the sequence length {L}")
@@ -494,8 +512,12 @@ def block_nelbo_per_sequence(
     gen_device = env.generator_device(generator, x0.device)
     u = torch.rand(x0.shape, dtype=torch.float64, generator=generator, device=gen_device)
     mask_prob = schedule.mask_prob(t).repeat_interleave(block_len, dim=1)  # (B, L)
-    x_t = x0.masked_fill(u.to(x0.device) < mask_prob, mask_id)  # (B, L)
-    masked = x_t == mask_id
+    masked = u.to(x0.device) < mask_prob  # (B, L): which targets are masked
+    if shift:  # input i is target i - 1; a block's first input is the clean token before it
+        x_t = torch.cat([x0[:, :1], targets[:, :-1].masked_fill(masked[:, :-1], mask_id)], 1)
+        x_t[:, ::block_len] = x0[:, ::block_len]
+    else:
+        x_t = x0.masked_fill(masked, mask_id)  # (B, L)
     positions = torch.arange(L, device=x0.device).repeat(2)  # (2L,): noisy half, clean half
     logits = model(
         torch.cat([x_t, x0], dim=1),  # (B, 2L)
@@ -506,7 +528,7 @@ def block_nelbo_per_sequence(
         raise ValueError(f"the model scores {logits.shape[-1]} tokens; mask_id is {mask_id}")
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     log_probs = F.log_softmax(logits, dim=-1)
-    nll = -log_probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, L)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L)
     nll = torch.where(masked, nll, torch.zeros_like(nll))  # carry-over: unmasked cost nothing
     weight = schedule.weight(t).to(nll.dtype)  # (B, n_blocks)
     per_block = nll.view(B, n_blocks, block_len).sum(-1)  # (B, n_blocks)
@@ -521,4 +543,5 @@ def bd3lm_objective(
     As `mdlm_objective` (clean x0 = `batch[:, :-1]`, log-linear schedule, stratified times),
     with BD3-LM's per-block loss (`block_nelbo_per_sequence`) for a block-causal model.
     """
-    return block_nelbo_per_sequence(model, batch[:, :-1], "loglinear", generator=generator).mean()
+    x0 = batch if _next_token_shift(model) else batch[:, :-1]
+    return block_nelbo_per_sequence(model, x0, "loglinear", generator=generator).mean()

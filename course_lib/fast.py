@@ -488,6 +488,11 @@ class FastDiffusionSampler:
         config = model.config
         if config.attention == "causal":
             raise ValueError("a causal model decodes one token at a time: use fast_sample_ar")
+        if config.next_token_shift:
+            raise ValueError(
+                "the fast sampler does not yet decode a next-token-shift model: use "
+                "sampling.sample_block_diffusion"
+            )
         self.block_causal = config.attention == "block_causal"
         if block_len is None:
             block_len = config.block_len if self.block_causal else length

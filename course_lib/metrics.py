@@ -308,7 +308,9 @@ def held_out_bits(
     (its first id predicted from the previous window's last one, as in `bits_per_char` with
     `stride=window`). A masked-diffusion or block-diffusion model's number is the upper bound
     `diffusion.elbo` with `n_samples` draws of times and masks from a generator seeded with
-    `seed`, on the same windows. The bound lies above the diffusion model's true -log2 p, so
+    `seed`, on the same windows (a block-diffusion model with `next_token_shift` reads each
+    window from the id before it, as a causal model does, so its first window is not
+    scored). The bound lies above the diffusion model's true -log2 p, so
     a comparison on these numbers can only favour the AR model.
 
     The standard error is that of the mean over windows (for the ELBO it includes the Monte
@@ -347,9 +349,13 @@ def held_out_bits(
         method = f"-log2 p, causal, windows of {window}"
     else:
         generator = torch.Generator(device).manual_seed(seed)
+        windows = ids.view(n_windows, window)
+        if config.next_token_shift:  # each window read from the id before it, as AR reads it
+            windows = torch.cat([windows[:-1, -1:], windows[1:]], dim=1)  # (n - 1, window + 1)
+            n_windows -= 1
         mean, standard_error = diffusion.elbo(
             model,
-            ids.view(n_windows, window).to(device),
+            windows.to(device),
             "loglinear",
             n_samples=n_samples,
             generator=generator,
@@ -357,7 +363,7 @@ def held_out_bits(
         )
         bound = "BD3-LM" if config.attention == "block_causal" else "MDLM"
         method = f"ELBO ({bound}), {n_samples} samples, seed {seed}, windows of {window}"
-    return HeldOutBits(mean, standard_error, n_windows, len(ids), method)
+    return HeldOutBits(mean, standard_error, n_windows, n_windows * window, method)
 
 
 # -- diversity -------------------------------------------------------------------------------

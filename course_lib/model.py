@@ -50,6 +50,9 @@ class ModelConfig:
     attention: str = "causal"
     block_len: int | None = None  # only for attention="block_causal"
     position: str = "learned"  # "learned" embedding or "rotary" (RoPE); see the module doc
+    # block_causal only: the logits at position i predict token i + 1, as an AR model's do
+    # (the block diffusion of Fast-dLLM v2 and SDAR, which keeps an AR model's head)
+    next_token_shift: bool = False
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
@@ -79,6 +82,13 @@ class ModelConfig:
         elif self.block_len is not None:
             raise ValueError(
                 f"block_len is only for attention='block_causal', not {self.attention!r}"
+            )
+        if not isinstance(self.next_token_shift, bool):
+            raise ValueError(f"next_token_shift must be a bool, got {self.next_token_shift!r}")
+        if self.next_token_shift and self.attention != "block_causal":
+            raise ValueError(
+                "next_token_shift is for block diffusion (attention='block_causal'), not "
+                f"{self.attention!r}"
             )
 
     @property

@@ -141,6 +141,20 @@ register(
         init_from="bd3lm-ar-b4",
     )
 )
+for _block in (4, 8):
+    register(
+        Preset(
+            name=f"bd3lm-ar-shift-b{_block}",
+            description=(
+                f"bd3lm-ar-b{_block} keeping ar-small's next-token shift: the logits at a "
+                "position predict the token after it, as AR's head was trained to (Fast-dLLM "
+                "v2, SDAR)"
+            ),
+            model=replace(PRESETS["bd3lm-small"].model, block_len=_block, next_token_shift=True),
+            train=_FINE_TUNE,
+            init_from="ar-small",
+        )
+    )
 register(
     Preset(
         name="bd3lm-b4",

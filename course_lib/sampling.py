@@ -621,6 +621,8 @@ class _BlockView:
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        if getattr(self.config, "next_token_shift", False):
+            return self._shifted(block)
         s, e, x, model = self.start, self.end, self.x, self.model
         if self.mode == "exact":  # the cache holds the finished blocks; the block stays out
             return model(block, cache=self.cache, update_cache=False)
@@ -640,6 +642,18 @@ class _BlockView:
         if self.errors is not None:
             self._record(logits, model(whole)[:, s:e], block == self.mask_id)
         return logits
+
+    def _shifted(self, targets: torch.Tensor) -> torch.Tensor:
+        """A next-token-shift model's logits for the targets start+1.. (B, n): the block's
+        inputs are the clean token at `start` and the targets before the last (as in
+        training, `diffusion.block_nelbo_per_sequence`)."""
+        s, e, x, model = self.start, self.end, self.x, self.model
+        block = torch.cat([x[:, s : s + 1], targets[:, : e - s - 1]], 1)  # (B, b)
+        if self.mode == "exact":
+            logits = model(block, cache=self.cache, update_cache=False)
+        else:  # "prefix": every finished block is run again
+            logits = model(torch.cat([x[:, :s], block], 1))[:, s:]
+        return logits[:, : targets.shape[1]]
 
     def _record(self, approx, exact, masked) -> None:
         """One step's error of the approximate logits at the block's masked positions."""
@@ -791,12 +805,20 @@ def _decode_blocks(
     alphas = how.schedule.alpha(how.schedule.time_grid(how.steps_per_block)).tolist()
     cached = mode in ("exact", "approximate", "dual")
     cache = model.new_cache(how.batch_size) if cached else None
+    shift = getattr(getattr(model, "config", None), "next_token_shift", False)
+    if shift and (how.prompt is None or bool((x[:, 0] == mask_id).any())):
+        raise ValueError(
+            "this model predicts each token from the one before it (next_token_shift): give "
+            "a prompt whose first id is a token, e.g. a newline"
+        )
     nfe = steps_taken = n_generated = 0
     end = length
     with eval_mode(model):
         for start in range(0, length, block_len):
             stop_at = start + block_len
-            block = x[:, start:stop_at]  # (B, b)
+            # the positions this block decodes: a next-token-shift model's are one later
+            first, last = (start + 1, min(stop_at + 1, length)) if shift else (start, stop_at)
+            block = x[:, first:last]  # (B, b)
             n_generated += int((block == mask_id).sum())
             view = _BlockView(model, x, start, stop_at, mode, cache, mask_id, errors)
             block_trajectory = [] if how.record else None
@@ -812,16 +834,16 @@ def _decode_blocks(
                 threshold=how.threshold,
                 trajectory=block_trajectory,
             )
-            x[:, start:stop_at] = block
+            x[:, first:last] = block
             steps_taken += steps
             nfe += view.calls
             for state in block_trajectory or []:
                 whole = trajectory[-1].clone()
-                whole[:, start:stop_at] = state
+                whole[:, first:last] = state
                 trajectory.append(whole)
             stop = how.stop
-            if stop is not None and bool(_contains(x[:, prompt_len:stop_at], stop).all()):
-                end = stop_at
+            if stop is not None and bool(_contains(x[:, prompt_len:last], stop).all()):
+                end = last
                 break
             if mode == "exact" and stop_at < length:
                 model(x[:, start:stop_at], cache=cache)  # commit the finished block

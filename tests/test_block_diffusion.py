@@ -1,6 +1,7 @@
 """Block diffusion (notebook 08): BD3-LM's loss, the block sampler and its caches."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -434,3 +435,167 @@ def test_elbo_of_a_block_causal_model_uses_the_block_bound():
     per_sequence = torch.stack(draws).mean(0) / math.log(2)
     assert bits == pytest.approx(per_sequence.mean().item(), rel=1e-12)
     assert se == pytest.approx(per_sequence.std().item() / math.sqrt(4), rel=1e-9)
+
+
+# -- next-token shift: block diffusion that keeps an AR model's head ------------------------
+
+
+def make_shifted(block_len=BLOCK, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        vocab_size=V,
+        context_len=L,
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        attention="block_causal",
+        block_len=block_len,
+        position="rotary",
+        next_token_shift=True,
+    )
+    return Transformer(config).to(dtype).eval()
+
+
+def test_shifted_loss_equals_one_forward_per_block_from_the_token_before_it():
+    """Redo the shifted loss by hand: the targets are ids 1..L; block k's targets are read by
+    one forward over (clean ids 0..kb, the block's noisy targets but its last)."""
+    model = make_shifted()
+    x = torch.randint(0, V, (3, L + 1), generator=torch.Generator().manual_seed(1))
+    B, n = x.shape[0], L // BLOCK
+    loss = diffusion.block_nelbo_per_sequence(
+        model, x, "loglinear", generator=torch.Generator().manual_seed(3)
+    )
+
+    generator = torch.Generator().manual_seed(3)
+    schedule = diffusion.get_schedule("loglinear")
+    t = diffusion.sample_times(B * n, generator=generator).view(B, n)
+    u = torch.rand((B, L), dtype=torch.float64, generator=generator)
+    targets = x[:, 1:]
+    expected = torch.zeros(B, dtype=torch.float64)
+    with torch.no_grad():
+        for k in range(n):
+            s, e = k * BLOCK, (k + 1) * BLOCK  # targets s..e-1 are ids s+1..e
+            masked = u[:, s:e] < schedule.mask_prob(t[:, k : k + 1])
+            noisy = targets[:, s:e].masked_fill(masked, V)
+            logits = model(torch.cat([x[:, : s + 1], noisy[:, :-1]], 1))[:, s:]  # (B, b, V)
+            nll = -torch.log_softmax(logits, -1).gather(-1, targets[:, s:e, None]).squeeze(-1)
+            nll = torch.where(masked, nll, torch.zeros_like(nll)).sum(1)
+            expected += (1 - diffusion.TIME_EPS) * schedule.weight(t[:, k]) * nll / L
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_shifted_model_with_blocks_of_one_is_the_ar_model():
+    """Blocks of 1 and the shift make block diffusion an AR model: with an AR model's weights
+    its bound averages to the AR model's NLL, and it writes the AR model's (greedy) text."""
+    shifted = make_shifted(block_len=1)
+    ar = (
+        Transformer(
+            replace(shifted.config, attention="causal", block_len=None, next_token_shift=False)
+        )
+        .double()
+        .eval()
+    )
+    ar.load_state_dict(shifted.state_dict())
+    x = torch.randint(0, V, (4, L + 1), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        log_p = torch.log_softmax(ar(x[:, :-1]), -1).gather(-1, x[:, 1:, None]).squeeze(-1)
+        nll = -log_p.mean().item()
+        generator = torch.Generator().manual_seed(0)
+        draws = torch.stack(
+            [
+                diffusion.block_nelbo_per_sequence(shifted, x, "loglinear", generator=generator)
+                for _ in range(400)
+            ]
+        )
+    mean, se = draws.mean().item(), draws.mean(1).std().item() / math.sqrt(len(draws))
+    assert abs(mean - nll) < 4 * se + 1e-3, (mean, nll, se)
+
+    with torch.no_grad():  # sharpen the logits so that temperature 0.01 is greedy
+        for model in (shifted, ar):
+            model.head.weight.mul_(1000)
+    prompt = torch.tensor([3])
+    greedy = dict(temperature=0.01, generator=torch.Generator().manual_seed(0))
+    block = sample_block_diffusion(
+        shifted, length=L, block_len=1, steps_per_block=1, prompt=prompt, **greedy
+    )
+    text = sampling.sample_ar(ar, prompt=prompt, n_tokens=L - 1, **greedy)
+    assert torch.equal(block.tokens, text)
+
+
+@pytest.mark.parametrize("strategy", ["confidence", "threshold", "ancestral"])
+def test_a_shifted_model_samples_the_same_with_and_without_its_cache(strategy):
+    model = make_shifted()
+    runs = [
+        sample_block_diffusion(
+            model,
+            length=L,
+            block_len=BLOCK,
+            steps_per_block=4,
+            batch_size=2,
+            strategy=strategy,
+            prompt=torch.tensor([1, 2]),
+            use_kv_cache=cached,
+            generator=torch.Generator().manual_seed(5),
+        )
+        for cached in (True, False)
+    ]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert (runs[0].tokens != V).all() and runs[0].n_generated == 2 * (L - 2)
+    assert torch.equal(runs[0].tokens[:, :2], torch.tensor([[1, 2], [1, 2]]))
+
+
+def test_a_shifted_model_needs_a_first_token_and_the_reference_sampler():
+    model = make_shifted()
+    with pytest.raises(ValueError, match="next_token_shift"):
+        sample_block_diffusion(model, length=L, block_len=BLOCK, steps_per_block=2)
+    with pytest.raises(ValueError, match="next_token_shift"):
+        sample_block_diffusion(
+            model, length=L, block_len=BLOCK, steps_per_block=2, prompt=torch.tensor([V])
+        )
+    from course_lib.fast import FastDiffusionSampler
+
+    with pytest.raises(ValueError, match="next-token-shift"):
+        FastDiffusionSampler(model, length=L)
+    with pytest.raises(ValueError, match="next_token_shift is for block diffusion"):
+        ModelConfig(attention="causal", next_token_shift=True)
+
+
+def test_held_out_bits_of_a_shifted_model_reads_each_window_from_the_id_before_it():
+    from course_lib import metrics
+
+    model = make_shifted(dtype=torch.float32)
+    ids = torch.randint(0, V, (5 * L,), generator=torch.Generator().manual_seed(4))
+    score = metrics.held_out_bits(model, ids, n_samples=1)
+    assert score.n_windows == 4 and score.n_chars == 4 * L
+    windows = ids.view(5, L)
+    x = torch.cat([windows[:-1, -1:], windows[1:]], 1)
+    bound, _ = diffusion.elbo(
+        model, x, "loglinear", n_samples=1, generator=torch.Generator().manual_seed(0)
+    )
+    assert score.bits_per_char == pytest.approx(bound)
+
+
+def test_a_shifted_model_writes_each_token_from_the_canvas_up_to_its_block():
+    """Greedy, every token a step commits is the argmax of the model run on the canvas as it
+    was, up to the end of the block that holds the position before it: position p is read
+    at p - 1 (the shift), seeing its block and the finished blocks before it."""
+    model = make_shifted()
+    with torch.no_grad():  # sharpen the logits so that temperature 0.01 is greedy
+        model.head.weight.mul_(1000)
+    out = sample_block_diffusion(
+        model,
+        length=L,
+        block_len=BLOCK,
+        steps_per_block=3,
+        prompt=torch.tensor([4]),
+        temperature=0.01,
+        record=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len(out.trajectory) > L // BLOCK
+    with torch.no_grad():
+        for before, after in zip(out.trajectory[:-1], out.trajectory[1:], strict=True):
+            for p in (before[0] != after[0]).nonzero().flatten().tolist():
+                end = ((p - 1) // BLOCK + 1) * BLOCK
+                logits = model(before[:, :end])[0, p - 1]
+                assert after[0, p] == logits.argmax()
