@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from course_lib import env
-from course_lib.model import eval_mode
+from course_lib.model import device_and_dtype, eval_mode
 
 
 @dataclass
@@ -105,7 +105,7 @@ def forward_time_vs_tokens(
     The course's first measurement (notebook 00): the time grows far more slowly than n,
     because every forward reads all the weights once, however many positions it scores.
     """
-    device = next(model.parameters()).device
+    device, _ = device_and_dtype(model)
     results = {}
     with eval_mode(model), torch.inference_mode():
         for n in token_counts:

@@ -519,10 +519,10 @@ def size_rows(suite: Suite, ceilings, *, batches=(1, 16, 64), full_batches=(1, 8
 
 def _step_fields(suite, model, kind, batch, options, ceilings, ar_step_s) -> dict:
     from course_lib import fast, roofline
-    from course_lib.model import forward_flops
+    from course_lib.model import device_and_dtype, forward_flops
 
     config, device = model.config, suite.device
-    dtype = roofline.dtype_name(next(model.parameters()).dtype)
+    dtype = roofline.dtype_name(device_and_dtype(model)[1])
     C = config.context_len
     if kind == "diffusion":  # the whole sequence, no cache
         new, context = C, 0

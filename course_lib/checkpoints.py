@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from course_lib.model import ModelConfig, Transformer
+from course_lib.model import ModelConfig, Transformer, device_and_dtype
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -176,8 +176,7 @@ def load_weights(
             f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in different.items()
         )
         raise ValueError(f"{source} does not match the model's config ({details})")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    device, dtype = device_and_dtype(model)
     state = {
         k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
         for k, v in payload["model"].items()

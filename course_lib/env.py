@@ -10,6 +10,7 @@ use and whether it runs in fast mode, so one environment variable changes the wh
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -155,6 +156,15 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_bf16_units() and bf16_speedup_on_cpu() >= 1.5 else None
     return None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None, *, cache_enabled=True):
+    """The course's one way to autocast: `torch.autocast` to `dtype` on `device`'s type, or
+    nothing when `dtype` is None (float32). `cache_enabled=False` while capturing a CUDA
+    graph, which the autocast cache would break."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 def describe_environment(device: torch.device | str | None = None) -> dict:

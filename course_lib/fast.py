@@ -89,7 +89,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import diffusion, env, sampling
-from course_lib.model import KVCache, Transformer, apply_rotary, attention_mask, eval_mode
+from course_lib.model import (
+    KVCache,
+    Transformer,
+    apply_rotary,
+    attention_mask,
+    device_and_dtype,
+    eval_mode,
+)
 
 # the reference's own helpers: both samplers start from the same x_1 and draw the same numbers
 from course_lib.sampling import (
@@ -198,8 +205,7 @@ def cpu_bf16_stage(stages: list | None = None) -> tuple[str, object] | None:
 
 
 def _check_options(options, model: Transformer) -> None:
-    parameter = next(model.parameters())
-    device = parameter.device
+    device, dtype = device_and_dtype(model)
     if options.cuda_graphs and device.type != "cuda":
         raise ValueError(
             f"cuda_graphs needs a CUDA device, this model is on {device}: turn it off (CUDA "
@@ -220,10 +226,9 @@ def _check_options(options, model: Transformer) -> None:
                 f"prepacked_weights lays weights out for oneDNN's CPU kernels; this model is "
                 f"on {device}: turn it off (on a GPU, bf16 is the weights' speed-up)"
             )
-        if parameter.dtype != torch.float32:
+        if dtype != torch.float32:
             raise ValueError(
-                f"prepacked_weights packs float32 weights, this model is {parameter.dtype}: "
-                "turn it off"
+                f"prepacked_weights packs float32 weights, this model is {dtype}: turn it off"
             )
         if options.compile:
             raise ValueError(
@@ -271,8 +276,9 @@ def _working_model(model: Transformer, options, rows: int) -> Transformer:
     prepacked_weights, a copy whose weights are laid out for steps of `rows` rows (the
     caller's model stays as it is)."""
     if options.bf16:
-        dtype = half_dtype(next(model.parameters()).device)
-        if next(model.parameters()).dtype == dtype:
+        device, weights_dtype = device_and_dtype(model)
+        dtype = half_dtype(device)
+        if weights_dtype == dtype:
             return model
         working = copy.deepcopy(model).to(dtype)
         if dtype == torch.float16:  # float32 logits: the last norm and the head in float32
@@ -436,14 +442,9 @@ class _Step:
         self.fn = torch.compile(fn, fullgraph=True, dynamic=False) if options.compile else fn
         self.graphs: dict[tuple, GraphedStep] = {}
 
-    def _autocast(self):
-        if self.half is None:
-            return contextlib.nullcontext()
-        # the autocast cache must be off while capturing a CUDA graph
-        return torch.autocast(self.device.type, dtype=self.half, cache_enabled=False)
-
     def _run(self, ids, positions):
-        with self._autocast():
+        # the autocast cache must be off while capturing a CUDA graph
+        with env.autocast(self.device, self.half, cache_enabled=False):
             return self.fn(ids, positions)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -504,7 +505,7 @@ class FastDiffusionSampler:
         self.dual = mode == "dual"
         if self.dual and not (options.kv_cache and options.static_buffers):
             raise ValueError("the dual cache needs the options kv_cache and static_buffers")
-        self.device = next(model.parameters()).device
+        self.device, _ = device_and_dtype(model)
         _check_options(options, model)
         self.cached = self.block_causal and options.kv_cache
         rows = batch_size * (block_len if self.cached else length)  # per step, at most
@@ -786,7 +787,7 @@ class FastARDecoder:
         self.options = options = options or AROptimizations()
         if model.config.attention != "causal":
             raise ValueError(f"the AR decoder needs a causal model, not {model.config.attention!r}")
-        self.device = next(model.parameters()).device
+        self.device, _ = device_and_dtype(model)
         _check_options(options, model)
         self.model = model = _working_model(model, options, rows=batch_size)
         self.batch_size = batch_size

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from course_lib import env
-from course_lib.model import ModelConfig, Transformer
+from course_lib.model import ModelConfig, Transformer, device_and_dtype
 
 PPL_RATIO = 1.10  # matched: judge perplexity at most this times AR's (temperature 1)
 ENTROPY_BITS = 0.15  # matched: unigram entropy within this many bits of AR's
@@ -236,7 +236,7 @@ def draw_samples(
     from course_lib import fast, speculative
 
     model = models[setting.model]
-    device = next(model.parameters()).device
+    device, _ = device_and_dtype(model)
     L = model.config.context_len
     rows, written, forwards, draft_forwards, seconds = [], 0, 0, 0, 0.0
     knobs = dict(setting.setting)

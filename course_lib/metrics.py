@@ -27,8 +27,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from course_lib import data, diffusion
-from course_lib.model import eval_mode
+from course_lib import data, diffusion, env
+from course_lib.model import device_and_dtype, eval_mode
 
 # -- scoring text with a causal model --------------------------------------------------------
 
@@ -94,12 +94,8 @@ def _check_causal(model, what: str):
 
 
 def _model_device(model, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
+    """`device` if given, else where `model`'s weights are."""
+    return torch.device(device) if device is not None else device_and_dtype(model)[0]
 
 
 def _as_id_tensor(ids, vocab_size: int, what: str) -> torch.Tensor:
@@ -139,7 +135,7 @@ def _window_bits(
     with eval_mode(model):
         for i in range(0, windows.shape[0], batch_size):
             batch = windows[i : i + batch_size].to(device)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            with env.autocast(device, autocast):
                 logits = model(batch[:, :-1])  # (b, span - 1, V)
             log_probs = F.log_softmax(logits.float(), dim=-1)
             target_log_probs = log_probs.gather(-1, batch[:, 1:, None]).squeeze(-1)

@@ -150,6 +150,17 @@ def eval_mode(module) -> Iterator[None]:
         module.train(was_training)
 
 
+def device_and_dtype(module, default_device: torch.device | str = "cpu"):
+    """Where `module`'s weights live and their dtype: (device, dtype). A module without
+    weights, or a plain denoiser function, gets (`default_device`, float32). The one way the
+    course asks a model where it runs."""
+    parameters = module.parameters() if isinstance(module, nn.Module) else iter(())
+    first = next(parameters, None)
+    if first is None:
+        return torch.device(default_device), torch.float32
+    return first.device, first.dtype
+
+
 class KVCache:
     """Preallocated keys and values of every layer, filled left to right.
 

@@ -19,7 +19,7 @@ import torch
 
 from course_lib import bench, env
 from course_lib.ceilings import Ceilings, describe_ceilings, measure_ceilings
-from course_lib.model import ModelConfig, Transformer, eval_mode
+from course_lib.model import ModelConfig, Transformer, device_and_dtype, eval_mode
 from course_lib.roofline import (
     ARDecoding,
     BlockDiffusionSampling,
@@ -59,11 +59,6 @@ class StepMeasurement:
         return (self.label, self.intensity, self.achieved_flops)
 
 
-def _model_device_dtype(model: Transformer) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters())
-    return p.device, p.dtype
-
-
 def _needs_cache(model: Transformer) -> None:
     if model.config.attention == "bidirectional":
         raise ValueError("this measurement needs a KV cache: use a causal or block_causal model")
@@ -94,7 +89,7 @@ def measure_ar_decode_step(
     is in the model's parameter dtype.
     """
     _needs_cache(model)
-    dtype = _model_device_dtype(model)[1]
+    dtype = device_and_dtype(model)[1]
     cost = ar_decode_step_cost(model.config, batch_size=batch_size, context=context, dtype=dtype)
     timing = _time_cached_step(model, cost, warmup, repeats, min_time_s, clock)
     return StepMeasurement(f"AR decode B={batch_size} C={context}", cost, timing)
@@ -103,7 +98,7 @@ def measure_ar_decode_step(
 def _time_cached_step(
     model: Transformer, cost: StepCost, warmup: int, repeats: int, min_time_s: float, clock
 ) -> bench.Timing:
-    device, _ = _model_device_dtype(model)
+    device, _ = device_and_dtype(model)
     B, T, C = cost.batch_size, cost.new_tokens, cost.context
     ids = torch.randint(0, model.config.vocab_size, (B, C + T), device=device)  # (B, C + T)
     with _evaluating(model):
@@ -132,7 +127,7 @@ def measure_diffusion_step(
     clock: Callable[[], float] = time.perf_counter,
 ) -> StepMeasurement:
     """Time one diffusion step: a forward over (batch_size, length) ids, all masked."""
-    device, dtype = _model_device_dtype(model)
+    device, dtype = device_and_dtype(model)
     cost = diffusion_step_cost(model.config, batch_size=batch_size, length=length, dtype=dtype)
     ids = torch.full((batch_size, length), model.mask_id, device=device)  # (B, L)
     with _evaluating(model):
@@ -175,7 +170,7 @@ def measure_sampling(
     Token values do not change the cost of a forward, so the ids are fixed: what is timed is
     the network, call for call. The KV cache is allocated once, outside the timing.
     """
-    device, dtype = _model_device_dtype(model)
+    device, dtype = device_and_dtype(model)
     costs = sampler.step_costs(model.config, dtype)  # validates the sampler against the model
     B = sampler.batch_size
     if isinstance(sampler, ARDecoding):
@@ -242,7 +237,7 @@ def measure_fast_sampler(
     """
     from course_lib import fast  # notebook 09's samplers
 
-    device, _ = _model_device_dtype(model)
+    device, _ = device_and_dtype(model)
     B = sampler.batch_size
     generator = torch.Generator(device)
     if isinstance(sampler, ARDecoding):
@@ -280,7 +275,7 @@ def measure_fast_sampler(
     timing = bench.time_fn(run, warmup=warmup, repeats=repeats, device=device, clock=clock)
     free_network()
     own = bench.time_fn(run, warmup=warmup, repeats=repeats, device=device, clock=clock)
-    n_calls = len(sampler.step_costs(model.config, _model_device_dtype(model)[1]))
+    n_calls = len(sampler.step_costs(model.config, device_and_dtype(model)[1]))
     return SamplingMeasurement(sampler.describe(), n_calls, sampler.tokens, timing, own.median_s)
 
 

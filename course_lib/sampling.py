@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from course_lib import diffusion, env
-from course_lib.model import KVCache, Transformer, eval_mode
+from course_lib.model import KVCache, Transformer, device_and_dtype, eval_mode
 from course_lib.step_rules import (  # noqa: F401 (re-exported: sampling.confident_commit, ...)
     CONFIDENCES,
     DEFAULT_THRESHOLD,
@@ -69,7 +69,7 @@ def sample_ar(
     if not isinstance(n_tokens, int) or n_tokens < 1:
         raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
     check_temperature(temperature)
-    device = next(model.parameters()).device
+    device, _ = device_and_dtype(model)
     seq = _as_batch(prompt).to(device)
     if seq.max() >= model.config.vocab_size or seq.min() < 0:
         raise ValueError(f"prompt ids must be in [0, {model.config.vocab_size})")
@@ -166,11 +166,9 @@ def _initial_state(
 
 
 def _device_of(denoiser: diffusion.Denoiser, prompt: torch.Tensor | None) -> torch.device:
-    if isinstance(denoiser, torch.nn.Module):
-        parameter = next(denoiser.parameters(), None)
-        if parameter is not None:
-            return parameter.device
-    return prompt.device if isinstance(prompt, torch.Tensor) else torch.device("cpu")
+    """Where a sampler runs: the denoiser's weights, else a plain function's prompt, else CPU."""
+    default = prompt.device if isinstance(prompt, torch.Tensor) else "cpu"
+    return device_and_dtype(denoiser, default)[0]
 
 
 def _uniforms(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:

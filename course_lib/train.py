@@ -168,15 +168,9 @@ def evaluate(
     with eval_mode(model):
         for _ in range(cfg.eval_batches):
             batch = source.get_batch(split, cfg.batch_size, generator).to(device)
-            with _autocast(device, autocast):
+            with env.autocast(device, autocast):
                 total += loss_fn(model, batch, generator).item()
     return total / cfg.eval_batches
-
-
-def _autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -289,7 +283,7 @@ def train_step(run: _Run) -> float:
     local = cfg.batch_size // run.world
     batch = run.source.get_batch("train", cfg.batch_size, run.data_gen)
     batch = batch[run.rank * local : (run.rank + 1) * local].to(run.device)
-    with _autocast(run.device, run.autocast):
+    with env.autocast(run.device, run.autocast):
         loss = run.loss_fn(run.net, batch, run.loss_gen)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -148,3 +148,13 @@ def test_autocast_dtype_on_cpu_needs_bf16_units_that_measure_faster(
 
 def test_synchronize_on_the_cpu_is_a_no_op():
     assert env.synchronize("cpu") is None
+
+
+def test_autocast_is_off_for_float32_and_torch_autocast_otherwise():
+    x = torch.ones(2, 2)
+    with env.autocast("cpu", None):
+        assert (x @ x).dtype == torch.float32
+    with env.autocast("cpu", torch.bfloat16):
+        assert (x @ x).dtype == torch.bfloat16
+    with env.autocast(torch.device("cpu"), torch.bfloat16, cache_enabled=False):
+        assert torch.is_autocast_enabled("cpu")

@@ -373,3 +373,12 @@ def test_eval_mode_restores_the_mode_even_after_an_exception():
     with eval_mode(lambda x: x):  # a plain denoiser function: nothing to switch
         pass
     assert diffusion.eval_mode is eval_mode  # its old home still works
+
+
+def test_device_and_dtype_reads_the_weights_or_falls_back():
+    from course_lib.model import device_and_dtype
+
+    net = Transformer(ModelConfig(n_layer=1, d_model=32, n_head=2, context_len=8)).double()
+    assert device_and_dtype(net) == (torch.device("cpu"), torch.float64)
+    assert device_and_dtype(lambda ids: ids, "meta") == (torch.device("meta"), torch.float32)
+    assert device_and_dtype(torch.nn.ReLU()) == (torch.device("cpu"), torch.float32)
