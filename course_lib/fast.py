@@ -74,29 +74,31 @@ shape); prepacked_weights (CPU); bf16, cuda_graphs and compile. Batching is no s
 sampler takes a `batch_size`, and the benchmarks sweep it. `stages_for(device)` lists the
 stages a device can run (on a CPU: no bf16, no CUDA graphs; on a GPU: no prepacked weights);
 on a CPU with fast bfloat16, `cpu_bf16_stage` adds bf16 to the last float32 stage.
+
+The forwards those switches choose (prepacked weights, the static-cache forward, the CUDA
+graph) are in `fast_forward`; this module holds the options, the stages and the samplers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from course_lib import diffusion, env, sampling
-from course_lib.model import (
-    KVCache,
-    Transformer,
-    apply_rotary,
-    attention_mask,
-    device_and_dtype,
-    eval_mode,
+from course_lib.fast_forward import (  # noqa: F401 (re-exported: fast.static_forward, ...)
+    GraphedStep,
+    PackedLinear,
+    _cache_of_length,
+    packing_problem,
+    prepack_weights,
+    static_forward,
 )
+from course_lib.model import Transformer, device_and_dtype, eval_mode
 
 # the reference's own helpers: both samplers start from the same x_1 and draw the same numbers
 from course_lib.sampling import (
@@ -287,146 +289,6 @@ def _working_model(model: Transformer, options, rows: int) -> Transformer:
     if options.prepacked_weights:
         return prepack_weights(model, rows)
     return model
-
-
-# -- weights laid out once for the CPU kernel that reads them every step -------------------
-
-
-class PackedLinear(nn.Module):
-    """`F.linear(x, weight, bias)` for inference on a CPU, its weight laid out once.
-
-    The layout is fixed when the layer is built, for calls of about `rows` rows (any number
-    works): with one row, the weight transposed to (in, out), so `addmm` is a
-    matrix-vector product over contiguous memory; with more, oneDNN's blocked layout
-    (`torch.ops.mkldnn`, what torch.compile's CPU weight freezing uses), multiplied by
-    kernels oneDNN generates for this CPU, with no per-call repacking of the weight. Outputs equal `F.linear`'s up to the order of
-    the float32 sums (a relative difference of about 1e-6). Inference only: no gradients.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
-        super().__init__()
-        if weight.device.type != "cpu" or weight.dtype != torch.float32:
-            raise ValueError(
-                f"PackedLinear packs float32 CPU weights, got {weight.dtype} on {weight.device}"
-            )
-        self.out_features, self.in_features = weight.shape
-        self.onednn = rows > 1
-        weight = weight.detach()
-        if self.onednn:
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-        else:
-            self.weight = weight.t().contiguous()  # (in, out)
-        self.bias = None if bias is None else bias.detach().clone()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2d = x.reshape(-1, self.in_features).contiguous()
-        if self.onednn:
-            y = torch.ops.mkldnn._linear_pointwise(x2d, self.weight, self.bias, "none", [], "")
-        elif self.bias is None:
-            y = x2d @ self.weight
-        else:
-            y = torch.addmm(self.bias, x2d, self.weight)
-        return y.view(*x.shape[:-1], self.out_features)
-
-
-def prepack_weights(model: Transformer, rows: int) -> Transformer:
-    """A copy of `model` whose Linear layers are `PackedLinear`s for steps of `rows` rows.
-
-    The copy is for inference on a CPU; later changes to `model`'s weights do not reach it.
-    """
-    if packing_problem():
-        raise ValueError(f"prepacked weights cannot run here: {packing_problem()}")
-    packed = copy.deepcopy(model)
-    for module in list(packed.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, PackedLinear(child.weight, child.bias, rows))
-    return packed
-
-
-@functools.cache
-def packing_problem() -> str | None:
-    """Why `PackedLinear` cannot run with this PyTorch (None when it can)."""
-    if not torch.backends.mkldnn.is_available():
-        return "this PyTorch was built without oneDNN (mkldnn)"
-    try:
-        probe = PackedLinear(torch.ones(3, 4), torch.zeros(3), rows=2)
-        if not torch.allclose(probe(torch.ones(2, 4)), torch.full((2, 3), 4.0)):
-            return "oneDNN's packed matmul gave a wrong answer on a probe"
-    except (RuntimeError, AttributeError, NotImplementedError) as err:
-        return f"oneDNN's packed matmul is missing ({type(err).__name__}: {err})"
-    return None
-
-
-# -- gpt-fast's static-cache forward --------------------------------------------------------
-
-
-def _cache_of_length(cache: KVCache, length: int) -> KVCache:
-    """`cache` cut to its first `length` positions (views): a static forward over it attends
-    to those alone, for a bidirectional model whose sequence is shorter than its context."""
-    cache.keys = [k[:, :, :length] for k in cache.keys]
-    cache.values = [v[:, :, :length] for v in cache.values]
-    cache.capacity = length
-    return cache
-
-
-def static_forward(
-    model: Transformer, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache
-) -> torch.Tensor:
-    """Logits (B, T, V) of `ids` (B, T) at `positions` (T,) against a static KV cache.
-
-    The same computation as `model(ids, cache=...)` for a causal or block-causal model,
-    written for fixed shapes: the new keys and values go to `positions` (a tensor, not a
-    Python int, so one compiled or captured step serves every position) and the queries
-    attend over the whole cache under the model's own mask, which hides every position not
-    yet written. Dropout is left out: samplers run in eval mode.
-    """
-    config = model.config
-    B, T = ids.shape
-    C, H, D = config.d_model, config.n_head, config.head_dim
-    key_positions = torch.arange(cache.capacity, device=ids.device)
-    mask = attention_mask(config, positions, key_positions)  # (T, capacity)
-    x = model.embed(ids, positions)  # (B, T, C)
-    rotary = model.rotary(positions)  # None unless the model uses rotary positions
-    for layer, block in enumerate(model.blocks):
-        q, k, v = block.attn.qkv(block.ln1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if rotary is not None:
-            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        cache.keys[layer].index_copy_(2, positions, k)
-        cache.values[layer].index_copy_(2, positions, v)
-        y = F.scaled_dot_product_attention(
-            q, cache.keys[layer], cache.values[layer], attn_mask=mask
-        )  # (B, H, T, D)
-        x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.ln2(x))
-    return model.head(model.ln_f(x))  # (B, T, V)
-
-
-class GraphedStep:
-    """`fn(ids, positions)` captured in a CUDA graph and replayed (shapes fixed at capture).
-
-    Inputs are copied into the graph's own buffers; the returned logits are the graph's
-    output buffer, overwritten by the next replay (use them before calling again).
-    """
-
-    def __init__(self, fn: Callable, ids: torch.Tensor, positions: torch.Tensor) -> None:
-        self.ids, self.positions = ids.clone(), positions.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm up on a side stream, as capture requires
-            for _ in range(3):
-                fn(self.ids, self.positions)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = fn(self.ids, self.positions)
-
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        self.ids.copy_(ids)
-        self.positions.copy_(positions)
-        self.graph.replay()
-        return self.logits
 
 
 class _Step:
