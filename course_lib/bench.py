@@ -92,6 +92,37 @@ def time_fn(
     )
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How a measurement times its calls: the one timing plan of the course's measurements
+    (the benchmark suites and the measured ceilings). See `time_fn` for the fields."""
+
+    warmup: int = 3
+    repeats: int = 10
+    min_time_s: float = 0.0
+    clock: Callable[[], float] = time.perf_counter
+
+    def time(self, fn: Callable[[], object], device: torch.device | str = "cpu") -> Timing:
+        """`time_fn(fn)` under this plan."""
+        return time_fn(
+            fn,
+            warmup=self.warmup,
+            repeats=self.repeats,
+            device=device,
+            min_time_s=self.min_time_s,
+            clock=self.clock,
+        )
+
+    def describe(self) -> dict:
+        """The plan for a results file's protocol (the clock by name)."""
+        return {
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "min_time_s": self.min_time_s,
+            "clock": getattr(self.clock, "__name__", repr(self.clock)),
+        }
+
+
 def forward_time_vs_tokens(
     model: torch.nn.Module,
     token_counts: list[int],

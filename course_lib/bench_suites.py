@@ -13,13 +13,18 @@ import datetime
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from course_lib import env
-from course_lib.bench import Timing, time_fn
+from course_lib.bench import Plan, Timing
+
+_CLOCKS = {
+    time.process_time: "process_time (CPU seconds)",
+    time.perf_counter: "perf_counter (wall)",
+}
 
 SUITES = ("quick", "cpu", "gpu")
 
@@ -55,19 +60,6 @@ GPU_SIZES = (  # for AR decode vs diffusion step throughput (random init, bf16)
 )
 
 
-@dataclass(frozen=True)
-class Plan:
-    """How one suite measures: warm-up and repeats per row, and which clock."""
-
-    warmup: int
-    repeats: int
-    cpu_time: bool = False  # time.process_time (CPU seconds of this process) instead of wall
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        return time.process_time if self.cpu_time else time.perf_counter
-
-
 class Suite:
     """Rows of one benchmark run, written to JSON after every row (a crash keeps the rest).
 
@@ -85,7 +77,7 @@ class Suite:
                 **PROTOCOL,
                 "warmup": plan.warmup,
                 "repeats": plan.repeats,
-                "clock": "process_time (CPU seconds)" if plan.cpu_time else "perf_counter (wall)",
+                "clock": _CLOCKS.get(plan.clock, plan.describe()["clock"]),
                 "threads": torch.get_num_threads(),
             },
             "rows": [],
@@ -122,14 +114,7 @@ class Suite:
         first = fn()
         env.synchronize(self.device)
         first_s = clock() - start
-        timing = time_fn(
-            fn,
-            warmup=self.plan.warmup,
-            repeats=self.plan.repeats,
-            device=self.device,
-            clock=clock,
-        )
-        return first, first_s, timing
+        return first, first_s, self.plan.time(fn, self.device)
 
 
 def _timing_fields(first_s: float, timing: Timing, n_tokens: int) -> dict:
@@ -785,7 +770,8 @@ def run_suite(
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     compile = (name == "gpu") if compile is None else compile
-    plan = {"quick": Plan(1, 2, cpu_time), "cpu": Plan(1, 3, cpu_time), "gpu": Plan(1, 3, False)}
+    clock = time.process_time if cpu_time else time.perf_counter
+    plan = {"quick": Plan(1, 2, clock=clock), "cpu": Plan(1, 3, clock=clock), "gpu": Plan(1, 3)}
     out = Path(out) if out else env.DATA_DIR / "results" / f"bench-{name}-{device.type}.json"
     suite = Suite(name, device, plan[name], out, log)
     suite.result["protocol"]["compile_rows"] = compile
