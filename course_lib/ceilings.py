@@ -165,39 +165,29 @@ def _storage_dtype(name: str) -> torch.dtype:
     return torch.float32 if name == "tf32" else getattr(torch, name)
 
 
-def _time(fn: Callable[[], object], device: torch.device, plan: dict) -> float:
-    timing = bench.time_fn(
-        fn,
-        warmup=plan["warmup"],
-        repeats=plan["repeats"],
-        device=device,
-        min_time_s=plan["min_time_s"],
-        clock=plan["clock"],
-    )
-    return timing.median_s
-
-
-def _matmul_flops(n: int, name: str, device: torch.device, plan: dict) -> float:
+def measure_matmul_flops(n: int, name: str, device: torch.device, plan: bench.Plan) -> float:
+    """FLOP/s of an n x n x n matmul stored in dtype `name` ("tf32": float32 on TF32 cores)."""
     a = torch.randn(n, n, device=device).to(_storage_dtype(name))  # (n, n)
     b = torch.randn(n, n, device=device).to(_storage_dtype(name))
     if device.type != "cuda":
-        return 2 * n**3 / _time(lambda: a @ b, device, plan)
+        return 2 * n**3 / plan.time(lambda: a @ b, device).median_s
     previous = torch.get_float32_matmul_precision()
     # "tf32": float32 storage on TF32 tensor cores; "float32": IEEE float32 ("highest")
     torch.set_float32_matmul_precision("high" if name == "tf32" else "highest")
     try:
-        return 2 * n**3 / _time(lambda: a @ b, device, plan)
+        return 2 * n**3 / plan.time(lambda: a @ b, device).median_s
     finally:
         torch.set_float32_matmul_precision(previous)
 
 
-def _copy_bandwidth(n_bytes: int, device: torch.device, plan: dict) -> float:
+def measure_copy_bandwidth(n_bytes: int, device: torch.device, plan: bench.Plan) -> float:
+    """Bytes per second (read plus written) of copying a float32 tensor of `n_bytes`."""
     src = torch.full((n_bytes // 4,), 0.5, device=device)  # float32
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / _time(lambda: dst.copy_(src), device, plan)
+    return 2 * src.numel() * 4 / plan.time(lambda: dst.copy_(src), device).median_s
 
 
-def _weight_stack(
+def weight_stack(
     total_bytes: int, matrix_bytes: int, name: str, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """MLP-shaped weight pairs, (4d, d) then (d, 4d), each about `matrix_bytes`, in all
@@ -215,8 +205,8 @@ def _weight_stack(
     ]
 
 
-def _stack_seconds(
-    weights: list[tuple[torch.Tensor, torch.Tensor]], rows: int, device, plan: dict
+def stack_seconds(
+    weights: list[tuple[torch.Tensor, torch.Tensor]], rows: int, device, plan: bench.Plan
 ) -> float:
     """Median seconds to push `rows` rows through every pair of `weights`."""
     up = weights[0][0]
@@ -226,15 +216,15 @@ def _stack_seconds(
         for up, down in weights:
             F.linear(F.linear(x, up), down)  # (rows, 4d) then (rows, d)
 
-    return _time(forward_like, device, plan)
+    return plan.time(forward_like, device).median_s
 
 
-def _matvec_and_rows(
+def measure_matvec_and_rows(
     total_bytes: int,
     matrix_bytes: int,
     name: str,
     device: torch.device,
-    plan: dict,
+    plan: bench.Plan,
     rows: Sequence[int],
 ) -> tuple[float, dict[int, float]]:
     """Matrix-vector bandwidth (weight bytes/s of 1-row matmuls) and FLOP/s per row count.
@@ -243,14 +233,16 @@ def _matvec_and_rows(
     1: every weight read once for 2 FLOPs. More rows reuse each weight read, and the rate
     climbs towards the large-matmul peak.
     """
-    weights = _weight_stack(total_bytes, matrix_bytes, name, device)
+    weights = weight_stack(total_bytes, matrix_bytes, name, device)
     n_weights = sum(up.numel() + down.numel() for up, down in weights)
     n_bytes = n_weights * weights[0][0].element_size()
-    seconds = {m: _stack_seconds(weights, m, device, plan) for m in sorted({1, *rows})}
+    seconds = {m: stack_seconds(weights, m, device, plan) for m in sorted({1, *rows})}
     return n_bytes / seconds[1], {m: 2 * m * n_weights / t for m, t in seconds.items()}
 
 
-def _tiny_forward_seconds(n_layer: int, device: torch.device, *, cached: bool, plan: dict) -> float:
+def _tiny_forward_seconds(
+    n_layer: int, device: torch.device, *, cached: bool, plan: bench.Plan
+) -> float:
     """Median seconds of a 1-token forward of a d=8 model of `n_layer` blocks."""
     config = ModelConfig(
         context_len=8,
@@ -263,13 +255,13 @@ def _tiny_forward_seconds(n_layer: int, device: torch.device, *, cached: bool, p
     ids = torch.zeros(1, 1, dtype=torch.long, device=device)  # (B=1, L=1)
     with torch.inference_mode():
         if not cached:
-            return _time(lambda: model(ids), device, plan)
+            return plan.time(lambda: model(ids), device).median_s
         cache = model.new_cache(1)
         model(ids, cache=cache)  # one cached position to attend to
-        return _time(lambda: model(ids, cache=cache, update_cache=False), device, plan)
+        return plan.time(lambda: model(ids, cache=cache, update_cache=False), device).median_s
 
 
-def _tiny_forward_overhead(device: torch.device, *, cached: bool, plan: dict) -> Overhead:
+def _tiny_forward_overhead(device: torch.device, *, cached: bool, plan: bench.Plan) -> Overhead:
     """Fit call + per-layer overhead from tiny forwards at two depths (1 and 4 blocks)."""
     shallow, deep = 1, 4
     t_shallow = _tiny_forward_seconds(shallow, device, cached=cached, plan=plan)
@@ -280,6 +272,16 @@ def _tiny_forward_overhead(device: torch.device, *, cached: bool, plan: dict) ->
 
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # row counts of the few-row matmul rates
 QUICK_ROWS = (1, 4, 16, 64, 256)
+
+
+def _sizes(gpu: bool, quick: bool, cache_bytes: int) -> tuple[int, int, int, int]:
+    """`measure_ceilings`'s sizes: the matmul's n, the bytes of a main-memory copy (>= 4x
+    the cache) and of a cache copy, and the bytes of one matrix of a matrix-vector stack."""
+    n = (4096 if quick else 8192) if gpu else (1024 if quick else 2048)
+    big = max(((512 if quick else 2048) if gpu else (64 if quick else 256)) * MiB, 4 * cache_bytes)
+    small = max(64 * 2**10, cache_bytes // 4)  # src and dst together fill half the cache
+    matrix = max(cache_bytes // 4, 64 * MiB if gpu else 0)  # big enough to hide launches
+    return n, big, small, matrix
 
 
 def measure_ceilings(
@@ -310,32 +312,26 @@ def measure_ceilings(
     """
     device = env.get_device(None if device is None else str(device))
     gpu = device.type == "cuda"
-    plan = {
-        "warmup": 1 if quick else 3,
-        "repeats": 3 if quick else 7,
-        "min_time_s": 0.01 if quick else 0.05,
-        "clock": clock,
-    }
+    plan = bench.Plan(
+        warmup=1 if quick else 3,
+        repeats=3 if quick else 7,
+        min_time_s=0.01 if quick else 0.05,
+        clock=clock,
+    )
     detected = cache_size_bytes(device)
     cache_bytes = detected if detected else _FALLBACK_CACHE_BYTES
-    n = (4096 if quick else 8192) if gpu else (1024 if quick else 2048)
-    big = max(((512 if quick else 2048) if gpu else (64 if quick else 256)) * MiB, 4 * cache_bytes)
-    small = max(64 * 2**10, cache_bytes // 4)  # src and dst together fill half the cache
-
+    n, big, small, matrix = _sizes(gpu, quick, cache_bytes)
     names = _matmul_dtypes(device)
-    matmul = {name: _matmul_flops(n, name, device, plan) for name in names}
+    matmul = {name: measure_matmul_flops(n, name, device, plan) for name in names}
     stored = [name for name in names if name != "tf32"]
-    matrix = max(cache_bytes // 4, 64 * MiB if gpu else 0)  # big enough to hide launches
     rows = QUICK_ROWS if quick else ROWS
-    matvec, matvec_cache, rows_flops, rows_cache_flops = {}, {}, {}, {}
-    for name in stored:
-        matvec[name], rows_flops[name] = _matvec_and_rows(big, matrix, name, device, plan, rows)
-        # 4 pairs filling half the cache, as a model that fits in it
-        matvec_cache[name], rows_cache_flops[name] = _matvec_and_rows(
-            cache_bytes // 2, cache_bytes // 16, name, device, plan, rows
-        )
-    memory = _copy_bandwidth(big, device, plan)
-    cache = _copy_bandwidth(small, device, plan)
+    # (bandwidth, FLOP/s per row count) per dtype: weights in memory, and 4 pairs filling half
+    # the cache (a model that fits in it)
+    mem = {n: measure_matvec_and_rows(big, matrix, n, device, plan, rows) for n in stored}
+    half = (cache_bytes // 2, cache_bytes // 16)
+    cached = {n: measure_matvec_and_rows(*half, n, device, plan, rows) for n in stored}
+    memory = measure_copy_bandwidth(big, device, plan)
+    cache = measure_copy_bandwidth(small, device, plan)
     overhead = _tiny_forward_overhead(device, cached=False, plan=plan)
     cached_overhead = _tiny_forward_overhead(device, cached=True, plan=plan)
     if gpu:
@@ -346,16 +342,15 @@ def measure_ceilings(
         memory_bandwidth=memory,
         cache_bandwidth=cache,
         cache_bytes=cache_bytes,
-        matvec_bandwidth=matvec,
-        matvec_cache_bandwidth=matvec_cache,
+        matvec_bandwidth={name: rate for name, (rate, _) in mem.items()},
+        matvec_cache_bandwidth={name: rate for name, (rate, _) in cached.items()},
         overhead=overhead,
         cached_overhead=cached_overhead,
         overhead_overlaps=gpu,
-        rows_flops=rows_flops,
-        rows_cache_flops=rows_cache_flops,
+        rows_flops={name: flops for name, (_, flops) in mem.items()},
+        rows_cache_flops={name: flops for name, (_, flops) in cached.items()},
         protocol={
-            **{k: v for k, v in plan.items() if k != "clock"},
-            "clock": getattr(clock, "__name__", repr(clock)),
+            **plan.describe(),
             "matmul_n": n,
             "copy_bytes_each": big,
             "matvec_matrix_bytes": matrix,
