@@ -579,32 +579,21 @@ def fast_sample_diffusion(
     model: Transformer,
     *,
     length: int,
-    steps_per_block: int,
     block_len: int | None = None,
     batch_size: int = 1,
-    strategy: str = "confidence",
-    threshold: float | None = None,
-    prompt: torch.Tensor | None = None,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    schedule: str | diffusion.Schedule = "loglinear",
-    confidence: str | None = None,
     options: DiffusionOptimizations | None = None,
+    **sampling_kwargs,
 ) -> DiffusionSample:
-    """One call of a fresh `FastDiffusionSampler`: same tokens as the reference, sooner."""
+    """One call of a fresh `FastDiffusionSampler`: same tokens as the reference, sooner.
+
+    The first four arguments build the sampler; the rest (`steps_per_block`, `strategy`,
+    `threshold`, `prompt`, `temperature`, `generator`, `schedule`, `confidence`) are its
+    call's, as `FastDiffusionSampler.__call__` documents them.
+    """
     sampler = FastDiffusionSampler(
         model, length=length, block_len=block_len, batch_size=batch_size, options=options
     )
-    return sampler(
-        steps_per_block=steps_per_block,
-        strategy=strategy,
-        threshold=threshold,
-        prompt=prompt,
-        temperature=temperature,
-        generator=generator,
-        schedule=schedule,
-        confidence=confidence,
-    )
+    return sampler(**sampling_kwargs)
 
 
 def reference_sample_diffusion(

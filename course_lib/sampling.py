@@ -573,11 +573,8 @@ def sample_block_diffusion(
     commits), `tokens_per_step` the generated tokens per denoising step, `trajectory`
     (`record=True`) the whole sequence before the first step and after every step.
     """
-    _check_block_inputs(model, length, block_len, steps_per_block, batch_size)
-    check_temperature(temperature)
-    threshold = _check_strategy(strategy, threshold, confidence)
-    mode = _cache_mode(model, block_len, use_kv_cache, approximate_cache)
-    how = BlockDecoding(
+    how = BlockDecoding.checked(
+        model,
         length=length,
         block_len=block_len,
         steps_per_block=steps_per_block,
@@ -587,11 +584,12 @@ def sample_block_diffusion(
         prompt=prompt,
         temperature=temperature,
         stop=_stop_pattern(stop_ids),
-        schedule=diffusion.get_schedule(schedule),
-        confidence=confidence or "low_confidence",
-        mask_id=diffusion.resolve_mask_id(model, mask_id),
+        schedule=schedule,
+        confidence=confidence,
+        mask_id=mask_id,
         record=record,
     )
+    mode = _cache_mode(model, block_len, use_kv_cache, approximate_cache)
     return _decode_blocks(model, how, mode=mode, generator=generator)
 
 
@@ -613,6 +611,44 @@ class BlockDecoding:
     confidence: str
     mask_id: int
     record: bool
+
+    @classmethod
+    def checked(
+        cls,
+        model,
+        *,
+        length,
+        block_len,
+        steps_per_block,
+        batch_size,
+        strategy,
+        threshold,
+        prompt,
+        temperature,
+        confidence,
+        stop=None,
+        schedule="loglinear",
+        mask_id=None,
+        record=False,
+    ) -> BlockDecoding:
+        """The settings from a sampler's arguments, each checked (raises ValueError)."""
+        _check_block_inputs(model, length, block_len, steps_per_block, batch_size)
+        check_temperature(temperature)
+        return cls(
+            length=length,
+            block_len=block_len,
+            steps_per_block=steps_per_block,
+            batch_size=batch_size,
+            strategy=strategy,
+            threshold=_check_strategy(strategy, threshold, confidence),
+            prompt=prompt,
+            temperature=temperature,
+            stop=stop,
+            schedule=diffusion.get_schedule(schedule),
+            confidence=confidence or "low_confidence",
+            mask_id=diffusion.resolve_mask_id(model, mask_id),
+            record=record,
+        )
 
 
 def _decode_blocks(
@@ -719,11 +755,8 @@ def prefix_cache_error(
     numbers) to compare logits; then decodes again without a cache from the same seed to
     compare tokens. Notebook 08.
     """
-    _check_block_inputs(model, length, block_len, steps_per_block, batch_size)
-    check_temperature(temperature)
-    threshold = _check_strategy(strategy, threshold, confidence)
-    mode = _cache_mode(model, block_len, False, approximate_cache)
-    how = BlockDecoding(
+    how = BlockDecoding.checked(
+        model,
         length=length,
         block_len=block_len,
         steps_per_block=steps_per_block,
@@ -732,12 +765,9 @@ def prefix_cache_error(
         threshold=threshold,
         prompt=prompt,
         temperature=temperature,
-        stop=None,
-        schedule=diffusion.get_schedule("loglinear"),
-        confidence=confidence or "low_confidence",
-        mask_id=model.mask_id,
-        record=False,
+        confidence=confidence,
     )
+    mode = _cache_mode(model, block_len, False, approximate_cache)
     steps: list[dict] = []
     with torch.inference_mode():
         seeded = torch.Generator().manual_seed
