@@ -103,6 +103,23 @@ def expect_commit_mask(call: str, got, masked: torch.Tensor, target: str) -> Non
         )
 
 
+def expect_attention_mask(call: str, got, expected_shape: tuple, layout: str) -> None:
+    """Raise CheckFailed unless `got` is a bool tensor of `expected_shape` (True = may
+    attend); `layout` says what its rows and columns are."""
+    if not isinstance(got, torch.Tensor):
+        raise CheckFailed(f"{call} returned {type(got).__name__}; return a torch.Tensor.")
+    if got.shape != expected_shape:
+        raise CheckFailed(
+            f"{call} has shape {tuple(got.shape)}, expected {tuple(expected_shape)}: {layout}."
+        )
+    if got.dtype != torch.bool:
+        raise CheckFailed(
+            f"{call} has dtype {got.dtype}; return a bool tensor (True = may attend). "
+            "scaled_dot_product_attention ADDS a float mask to the scores instead of "
+            "selecting with it, so a 0/1 float mask would silently let everything through."
+        )
+
+
 def as_number(value, what: str, *, hint: str = "", finite: bool | str = False) -> float:
     """`value` (a real number or a one-element tensor) as a float, or CheckFailed saying why.
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks._core import CheckFailed, expect_close, run_check
+from course_lib.checks._core import CheckFailed, expect_attention_mask, expect_close, run_check
 from course_lib.model import ModelConfig, Transformer, attention_mask
 
 SOLUTIONS = "The solutions are in notebooks/solutions/02_transformer_solutions.ipynb."
@@ -36,19 +36,8 @@ def _library_mask(length: int, block_len: int | None) -> torch.Tensor:
 
 
 def _compare_masks(got, expected: torch.Tensor, call: str, block_len: int | None) -> None:
-    if not isinstance(got, torch.Tensor):
-        raise CheckFailed(f"{call} returned {type(got).__name__}; return a torch.Tensor.")
-    if got.shape != expected.shape:
-        raise CheckFailed(
-            f"{call} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}: one row per "
-            "query position, one column per key position."
-        )
-    if got.dtype != torch.bool:
-        raise CheckFailed(
-            f"{call} has dtype {got.dtype}; return a bool tensor (True = may attend). "
-            "scaled_dot_product_attention ADDS a float mask to the scores instead of "
-            "selecting with it, so a 0/1 float mask would silently let everything through."
-        )
+    layout = "one row per query position, one column per key position"
+    expect_attention_mask(call, got, expected.shape, layout)
     if torch.equal(got, expected):
         return
     length = expected.shape[0]

@@ -20,6 +20,7 @@ import torch
 
 from course_lib.checks._core import (
     CheckFailed,
+    expect_attention_mask,
     expect_commit_mask,
     expect_inputs_unchanged,
     run_check,
@@ -181,24 +182,13 @@ def _test_bd3lm_mask(fn) -> str:
         call = f"bd3lm_mask({length}, {block_len})"
         got = fn(length, block_len)
         expected = bd3lm_attention_mask(length, block_len)
-        if not isinstance(got, torch.Tensor):
-            raise CheckFailed(f"{call} returned {type(got).__name__}; return a torch.Tensor.")
-        if got.shape == (length, length):
+        if isinstance(got, torch.Tensor) and got.shape == (length, length):
             raise CheckFailed(
                 f"{call} has shape {tuple(got.shape)}: the loss reads 2L ids (the noisy copy, "
                 f"then the clean copy), so the mask is ({2 * length}, {2 * length})."
             )
-        if got.shape != expected.shape:
-            raise CheckFailed(
-                f"{call} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}: one row "
-                "per query, one column per key, over the 2L ids."
-            )
-        if got.dtype != torch.bool:
-            raise CheckFailed(
-                f"{call} has dtype {got.dtype}; return a bool tensor (True = may attend). "
-                "scaled_dot_product_attention ADDS a float mask to the scores, so a 0/1 float "
-                "mask would let everything through."
-            )
+        layout = "one row per query, one column per key, over the 2L ids"
+        expect_attention_mask(call, got, expected.shape, layout)
         if not torch.equal(got.cpu(), expected):
             raise CheckFailed(f"{call}: {_mask_hint(got.cpu(), expected, length, block_len)}.")
     return (
@@ -364,6 +354,35 @@ def _rows(commit: torch.Tensor) -> list[list[int]]:
     return [row.nonzero().flatten().tolist() for row in commit]
 
 
+def _missing_hint(got, conf, masked, tau, missing, floor, above) -> str:
+    """Why a position that threshold decoding commits was left out."""
+    r, i = missing.nonzero()[0].tolist()
+    if above[r, i]:
+        return (
+            f"in row {r}, position {i} is masked with confidence {conf[r, i]:.2f} > tau = "
+            f"{tau}, but you did not commit it"
+        )
+    best_overall = int(conf[r].argmax())
+    if not masked[r, best_overall]:
+        return (
+            f"row {r} exceeds tau nowhere, so its most confident MASKED position ({i}) must "
+            f"be committed. Its most confident position overall ({best_overall}) is already "
+            "unmasked: take the argmax after setting the confidence of unmasked positions "
+            "to -inf"
+        )
+    needs_floor = masked.any(1) & ~above.any(1)  # (B,)
+    if (needs_floor & (got & floor).any(1)).any():
+        return (
+            f"row {r} exceeds tau nowhere, and you committed nothing in it, though you did "
+            "in another such row. The floor is one token per ROW (per sequence), not one "
+            "for the whole batch: take the argmax along dim=1"
+        )
+    return (
+        f"row {r} exceeds tau nowhere, and you committed nothing in it: commit at least its "
+        f"most confident masked position ({i}), or the sampler makes no progress"
+    )
+
+
 def _commit_hint(fn, got, conf, masked, tau) -> str:
     expected = threshold_commit_reference(conf, masked, tau)
     if (got & ~masked).any():
@@ -417,31 +436,7 @@ def _commit_hint(fn, got, conf, masked, tau) -> str:
         )
     missing = expected & ~got
     if missing.any():
-        r, i = missing.nonzero()[0].tolist()
-        if above[r, i]:
-            return (
-                f"in row {r}, position {i} is masked with confidence {conf[r, i]:.2f} > tau = "
-                f"{tau}, but you did not commit it"
-            )
-        best_overall = int(conf[r].argmax())
-        if not masked[r, best_overall]:
-            return (
-                f"row {r} exceeds tau nowhere, so its most confident MASKED position ({i}) must "
-                f"be committed. Its most confident position overall ({best_overall}) is already "
-                "unmasked: take the argmax after setting the confidence of unmasked positions "
-                "to -inf"
-            )
-        needs_floor = masked.any(1) & ~above.any(1)  # (B,)
-        if (needs_floor & (got & floor).any(1)).any():
-            return (
-                f"row {r} exceeds tau nowhere, and you committed nothing in it, though you did "
-                "in another such row. The floor is one token per ROW (per sequence), not one "
-                "for the whole batch: take the argmax along dim=1"
-            )
-        return (
-            f"row {r} exceeds tau nowhere, and you committed nothing in it: commit at least its "
-            f"most confident masked position ({i}), or the sampler makes no progress"
-        )
+        return _missing_hint(got, conf, masked, tau, missing, floor, above)
     r, i = (got & ~expected).nonzero()[0].tolist()
     return (
         f"in row {r} you committed position {i} (confidence {conf[r, i]:.2f}), which neither "
