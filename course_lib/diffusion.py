@@ -479,12 +479,10 @@ def block_nelbo_per_sequence(
     only supplies keys and values. That costs about twice an MDLM step, where the obvious
     form (one copy of the sequence per block) costs n_blocks times.
 
-    With `ModelConfig.next_token_shift` (an AR model's head kept: the logits at position i
-    predict token i + 1), `x0` is (B, L + 1): its first id is context, and the bound is of
-    the L ids after it. Input i holds target i - 1, so the block of targets k*b+1..(k+1)*b is
-    predicted by inputs k*b..(k+1)*b-1, the first of which is the clean last token of the
-    block before (as for AR, the token before a block predicts its first token). The
-    block's last target is an input only of the next block, so its own block never reads it.
+    With `ModelConfig.next_token_shift` (the logits at i predict token i + 1, as AR's head
+    does), `x0` is (B, L + 1) and the bound is of its last L ids. Targets k*b+1..(k+1)*b are
+    read at inputs k*b..(k+1)*b-1: the clean token before the block, then the block's noisy
+    targets but its last (which only the next block reads).
 
     Random numbers, in this order: the times (`sample_times`, B * n_blocks), then one float64
     uniform per token for the masks. With a single block it is exactly `nelbo_per_sequence`.

@@ -171,10 +171,38 @@ def _call_corrupt(corrupt: Callable, x0: torch.Tensor, t, alpha: Callable, seed:
     return x_t
 
 
+def _check_masking_rates(corrupt: Callable, x0: torch.Tensor, cosine: CosineSchedule) -> None:
+    """The share of masks at two times of the cosine schedule, where t, alpha(t) and
+    1 - alpha(t) all differ (so each usual slip gives its own rate)."""
+    n_tokens = x0.numel()
+    for t in (0.3, 0.7):
+        x_t = _call_corrupt(corrupt, x0, t, cosine.alpha, 2)
+        rate = (x_t == _VOCAB).double().mean().item()
+        p = 1 - cosine.alpha(t).item()
+        tolerance = 5 * math.sqrt(p * (1 - p) / n_tokens) + 1e-9
+        if abs(rate - p) <= tolerance:
+            continue
+        found = (
+            f"at t = {t} (cosine schedule) you masked {rate:.1%} of the tokens, expected {p:.1%}"
+        )
+        if abs(rate - (1 - p)) <= tolerance:
+            hint = (
+                "you masked with probability alpha(t), the probability of KEEPING a token: mask "
+                "with probability 1 - alpha(t)"
+            )
+        elif abs(rate - t) <= tolerance:
+            hint = (
+                "you masked with probability t, which is 1 - alpha(t) only for the log-linear "
+                "schedule alpha(t) = 1 - t: call alpha(t) instead"
+            )
+        else:
+            hint = "mask each token with probability 1 - alpha(t)"
+        raise CheckFailed(f"{found}: {hint}.")
+
+
 def _test_corrupt(corrupt: Callable) -> str:
     loglinear, cosine = LogLinearSchedule(), CosineSchedule()
     x0 = _clean_batch(64, 256)
-    n_tokens = x0.numel()
     # independence: the number of masks per sequence is Binomial(L, p), rows differ
     t = 0.5
     p = 1 - cosine.alpha(t).item()
@@ -199,30 +227,7 @@ def _test_corrupt(corrupt: Callable) -> str:
             "masked independently, so the count varies from sequence to sequence (it is "
             "binomial). Don't pick a fixed number of positions; flip one coin per token."
         )
-    # masking rates under the cosine schedule, where t, alpha(t) and 1 - alpha(t) all differ
-    for t in (0.3, 0.7):
-        x_t = _call_corrupt(corrupt, x0, t, cosine.alpha, 2)
-        rate = (x_t == _VOCAB).double().mean().item()
-        p = 1 - cosine.alpha(t).item()
-        tolerance = 5 * math.sqrt(p * (1 - p) / n_tokens) + 1e-9
-        if abs(rate - p) <= tolerance:
-            continue
-        found = (
-            f"at t = {t} (cosine schedule) you masked {rate:.1%} of the tokens, expected {p:.1%}"
-        )
-        if abs(rate - (1 - p)) <= tolerance:
-            hint = (
-                "you masked with probability alpha(t), the probability of KEEPING a token: mask "
-                "with probability 1 - alpha(t)"
-            )
-        elif abs(rate - t) <= tolerance:
-            hint = (
-                "you masked with probability t, which is 1 - alpha(t) only for the log-linear "
-                "schedule alpha(t) = 1 - t: call alpha(t) instead"
-            )
-        else:
-            hint = "mask each token with probability 1 - alpha(t)"
-        raise CheckFailed(f"{found}: {hint}.")
+    _check_masking_rates(corrupt, x0, cosine)
     # the end points
     if not torch.equal(_call_corrupt(corrupt, x0, 0.0, loglinear.alpha, 1), x0):
         raise CheckFailed("at t = 0, alpha(t) = 1: no token may be masked, x_t must equal x0.")

@@ -140,6 +140,34 @@ def _run_step(fn, x_t, probs, p_unmask, seed=0) -> torch.Tensor:
     return out
 
 
+def _check_drawn_tokens(out: torch.Tensor, new: torch.Tensor) -> None:
+    """The tokens written at the 4 unmasked positions follow `_STEP_PROBS` (drawn, not argmax)."""
+    for k in range(4):
+        tokens = out[new[:, k], 2 + k]
+        freq = torch.bincount(tokens, minlength=_STEP_V + 1)[:_STEP_V].double() / len(tokens)
+        if (tokens == _STEP_V).any():
+            raise CheckFailed("an unmasked position received the mask id: draw a real token.")
+        target = _STEP_PROBS[k]
+        se = (target * (1 - target) / len(tokens)).sqrt() + 1e-12
+        if ((freq - target).abs() <= N_SIGMA * se).all():
+            continue
+        argmax = torch.nn.functional.one_hot(target.argmax(), _STEP_V).double()
+        if torch.equal(freq, argmax):
+            hint = (
+                "every unmasked position received its most likely token (argmax). The reverse "
+                "process DRAWS the token from the denoiser's categorical: "
+                "sampling.sample_categorical(probs, generator) or torch.multinomial"
+            )
+        else:
+            hint = (
+                "the token frequencies do not follow probs: at a masked position with "
+                f"probs {target.tolist()} your tokens came out with frequencies "
+                f"{[round(f, 3) for f in freq.tolist()]}. Draw each token from probs at its own "
+                "position"
+            )
+        raise CheckFailed(f"{hint}.")
+
+
 def _test_reverse_step(fn) -> str:
     batch_size, p = 20_000, 0.3
     x_t, probs = _step_case(batch_size)
@@ -195,30 +223,7 @@ def _test_reverse_step(fn) -> str:
             "Did you draw one uniform per sequence? Each position needs its own: "
             "torch.rand(x_t.shape)."
         )
-    for k in range(4):
-        tokens = out[new[:, k], 2 + k]
-        freq = torch.bincount(tokens, minlength=_STEP_V + 1)[:_STEP_V].double() / len(tokens)
-        if (tokens == _STEP_V).any():
-            raise CheckFailed("an unmasked position received the mask id: draw a real token.")
-        target = _STEP_PROBS[k]
-        se = (target * (1 - target) / len(tokens)).sqrt() + 1e-12
-        if ((freq - target).abs() <= N_SIGMA * se).all():
-            continue
-        argmax = torch.nn.functional.one_hot(target.argmax(), _STEP_V).double()
-        if torch.equal(freq, argmax):
-            hint = (
-                "every unmasked position received its most likely token (argmax). The reverse "
-                "process DRAWS the token from the denoiser's categorical: "
-                "sampling.sample_categorical(probs, generator) or torch.multinomial"
-            )
-        else:
-            hint = (
-                "the token frequencies do not follow probs: at a masked position with "
-                f"probs {target.tolist()} your tokens came out with frequencies "
-                f"{[round(f, 3) for f in freq.tolist()]}. Draw each token from probs at its own "
-                "position"
-            )
-        raise CheckFailed(f"{hint}.")
+    _check_drawn_tokens(out, new)
     out_all = _run_step(fn, x_t[:1000], probs[:1000], 1.0, seed=1)
     if (out_all == _STEP_V).any():
         raise CheckFailed(
