@@ -512,7 +512,7 @@ def _step_fields(suite, model, kind, batch, options, ceilings, ar_step_s) -> dic
     if kind == "diffusion":  # the whole sequence, no cache
         new, context = C, 0
         cost = roofline.diffusion_step_cost(config, batch_size=batch, length=C, dtype=dtype)
-        step = fast._Step(lambda ids, positions: model(ids), options, device)
+        step = fast.Step(lambda ids, positions: model(ids), options, device)
     else:  # new positions after a static cache half full
         new, context = (1 if kind == "ar_decode" else config.block_len), C // 2
         cost = roofline.forward_cost(
@@ -525,7 +525,7 @@ def _step_fields(suite, model, kind, batch, options, ceilings, ar_step_s) -> dic
             kind=kind,
         )
         cache = model.new_cache(batch)
-        step = fast._Step(
+        step = fast.Step(
             lambda ids, positions: fast.static_forward(model, ids, positions, cache),
             options,
             device,

@@ -291,7 +291,7 @@ def _working_model(model: Transformer, options, rows: int) -> Transformer:
     return model
 
 
-class _Step:
+class Step:
     """The network call of one step, `(ids, positions) -> logits`, eager, compiled or graphed.
 
     `fn` runs under bf16 autocast if asked; with cuda_graphs one graph is captured per input
@@ -318,7 +318,8 @@ class _Step:
         return self.graphs[key](ids, positions)
 
 
-def _grad_mode(options):
+def grad_mode(options):
+    """The sampler's autograd mode: inference mode with the inference_mode switch."""
     return torch.inference_mode() if options.inference_mode else contextlib.nullcontext()
 
 
@@ -379,9 +380,9 @@ class FastDiffusionSampler:
         elif self.dual:  # every position of the sequence, and nothing beyond it
             self.cache = _cache_of_length(model.new_cache(batch_size), length)
         if (self.cached or self.dual) and options.static_buffers:
-            self.step = _Step(self._static_step, options, self.device)
+            self.step = Step(self._static_step, options, self.device)
         else:
-            self.step = _Step(self._plain_step, options, self.device)
+            self.step = Step(self._plain_step, options, self.device)
         self.positions = torch.arange(length, device=self.device)
 
     # the network: logits of the block [start, end) given the rest of x
@@ -394,7 +395,7 @@ class FastDiffusionSampler:
             return self.model(ids, cache=self.cache, update_cache=False)
         return self.model(ids)
 
-    def _scored(self, x, start, end, scored_from=None, refresh=False) -> tuple[torch.Tensor, int]:
+    def scored(self, x, start, end, scored_from=None, refresh=False) -> tuple[torch.Tensor, int]:
         """Logits of every position the forward scored, and where the block starts in them.
 
         With the cache, `scored_from` < `start` also scores the finished blocks from there on,
@@ -413,16 +414,16 @@ class FastDiffusionSampler:
             return self.step(x[:, :end], self.positions[:end]), start
         return self.step(x, self.positions), start  # bidirectional: the whole sequence
 
-    def _commit(self, x, start, end) -> None:
+    def commit_block(self, x, start, end) -> None:
         """Write the finished block's keys and values into the cache (one forward)."""
         if self.options.static_buffers:
             self.step(x[:, start:end], self.positions[start:end])
         else:
             self.model(x[:, start:end], cache=self.cache)
 
-    def _probs(self, x, start, end, temperature, scored_from=None, refresh=False) -> torch.Tensor:
+    def probs(self, x, start, end, temperature, scored_from=None, refresh=False) -> torch.Tensor:
         """float64 probabilities of the block's positions: (B, b, V)."""
-        logits, offset = self._scored(x, start, end, scored_from, refresh)
+        logits, offset = self.scored(x, start, end, scored_from, refresh)
         b = end - start
         if self.options.float64_only_where_needed:
             return logits_to_probs(logits[:, offset : offset + b], temperature)
@@ -462,12 +463,12 @@ class FastDiffusionSampler:
         schedule = diffusion.get_schedule(schedule)
         alphas = schedule.alpha(schedule.time_grid(steps_per_block)).tolist()
         confidence = confidence or "low_confidence"
-        run = _Run(self, strategy, threshold, confidence, temperature, alphas, fuse_commit)
-        with _grad_mode(self.options), eval_mode(self.model):
+        run = DiffusionRun(self, strategy, threshold, confidence, temperature, alphas, fuse_commit)
+        with grad_mode(self.options), eval_mode(self.model):
             return run(prompt, generator)
 
 
-class _Run:
+class DiffusionRun:
     """One call of a `FastDiffusionSampler`: the block loop and the two kinds of step."""
 
     def __init__(self, sampler, strategy, threshold, confidence, temperature, alphas, fuse_commit):
@@ -480,11 +481,11 @@ class _Run:
         self.uncommitted = None  # with fuse_commit: where the blocks not yet cached start
         self.refresh = False  # with the dual cache: the block's first forward is still to run
 
-    def _probs(self, x, start, end) -> torch.Tensor:
+    def block_probs(self, x, start, end) -> torch.Tensor:
         """The block's probabilities; the first forward of a block also commits the blocks
         before it that are not cached yet (fuse_commit), or refreshes the dual cache."""
         s = self.sampler
-        probs = s._probs(x, start, end, self.temperature, self.uncommitted, self.refresh)
+        probs = s.probs(x, start, end, self.temperature, self.uncommitted, self.refresh)
         self.uncommitted, self.refresh = None, False
         return probs
 
@@ -502,29 +503,31 @@ class _Run:
             counts = [row[k] for row in masks_left]
             self.refresh = s.dual
             if self.strategy.startswith("ancestral"):
-                self._ancestral(x, start, end, generator)
+                self.ancestral_block(x, start, end, generator)
             else:
-                self._confident(x, start, end, counts, generator)
+                self.confident_block(x, start, end, counts, generator)
             if s.cached and end < s.length:
                 if self.fuse_commit:  # the next block's first forward writes it
                     self.uncommitted = start if self.uncommitted is None else self.uncommitted
                 else:
-                    s._commit(x, start, end)
+                    s.commit_block(x, start, end)
                     self.nfe += 1
         return DiffusionSample(x, self.nfe, self.steps_taken, n_generated)
 
-    def _still_masked(self, block) -> bool:
+    def still_masked(self, block) -> bool:
+        """Whether the block has a masked position left."""
         return bool((block == self.mask_id).any())  # a device-to-host read
 
-    def _ancestral(self, x, start, end, generator) -> None:
+    def ancestral_block(self, x, start, end, generator) -> None:
+        """Ancestral steps on x[:, start:end], committing into x (`sampling.ancestral_steps`)."""
         steps = len(self.alphas) - 1
         probs, changed = None, True
         for j in range(steps):
             block = x[:, start:end]  # (B, b), a view: commits write into x
-            if not self._still_masked(block):
+            if not self.still_masked(block):
                 break
             if probs is None or changed or not self.options.skip_unchanged:
-                probs = self._probs(x, start, end)  # (B, b, V)
+                probs = self.block_probs(x, start, end)  # (B, b, V)
                 self.nfe += 1
             p_unmask = sampling.reveal_probability(self.alphas, j)
             u = _uniforms(block.shape, generator, x.device)  # (B, b)
@@ -539,7 +542,9 @@ class _Run:
                 changed = bool(unmask.any())
             self.steps_taken += 1
 
-    def _confident(self, x, start, end, counts, generator) -> None:
+    def confident_block(self, x, start, end, counts, generator) -> None:
+        """Confidence or threshold steps on x[:, start:end] (`sampling.confident_steps`);
+        `counts` holds each row's masks at the block's start."""
         steps = len(self.alphas) - 1
         # the schedule's masks left after each step, per row: (B, steps), the reference's rule
         left_after = sampling.masks_left_after(torch.tensor(counts), self.alphas)
@@ -552,10 +557,10 @@ class _Run:
             block = x[:, start:end]  # (B, b), a view: commits write into x
             if host_knows and not any(n_host):
                 break
-            if not host_knows and not self._still_masked(block):
+            if not host_knows and not self.still_masked(block):
                 break
             masked = block == self.mask_id
-            probs = self._probs(x, start, end)  # (B, b, V)
+            probs = self.block_probs(x, start, end)  # (B, b, V)
             self.nfe += 1
             proposal = sample_categorical(probs, generator)  # (B, b)
             rule = (self.confidence, self.threshold)  # the reference's step rule, shared
@@ -644,7 +649,7 @@ class FastARDecoder:
         self.batch_size = batch_size
         self.cache = model.new_cache(batch_size) if options.kv_cache else None
         fn = self._static_step if options.kv_cache and options.static_buffers else self._step
-        self.step = _Step(fn, options, self.device)
+        self.step = Step(fn, options, self.device)
         self.positions = torch.arange(model.config.context_len, device=self.device)
 
     def _static_step(self, ids, positions):
@@ -672,10 +677,11 @@ class FastARDecoder:
             raise ValueError(f"prompt ({P}) + n_tokens ({n_tokens}) exceeds the context {context}")
         if prompt.min() < 0 or prompt.max() >= self.model.config.vocab_size:
             raise ValueError(f"prompt ids must be in [0, {self.model.config.vocab_size})")
-        with _grad_mode(self.options), eval_mode(self.model):
-            return self._decode(prompt, n_tokens, temperature, generator)
+        with grad_mode(self.options), eval_mode(self.model):
+            return self.decode(prompt, n_tokens, temperature, generator)
 
-    def _decode(self, prompt, n_tokens, temperature, generator) -> torch.Tensor:
+    def decode(self, prompt, n_tokens, temperature, generator) -> torch.Tensor:
+        """The decode loop of `__call__` (its arguments checked): ids (B, P + n_tokens)."""
         o, B, P = self.options, self.batch_size, prompt.shape[1]
         if o.static_buffers:
             out = torch.empty(B, P + n_tokens, dtype=torch.long, device=self.device)

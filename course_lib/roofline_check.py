@@ -268,7 +268,7 @@ def measure_fast_sampler(
 
         def free_network() -> None:
             diffuser.step = lambda ids, positions: logits  # (B, b, V): the block's logits
-            diffuser._commit = lambda x, start, end: None
+            diffuser.commit_block = lambda x, start, end: None
 
     else:
         raise ValueError(f"no fast sampler for {sampler.describe()}")

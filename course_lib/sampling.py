@@ -267,7 +267,7 @@ def _denoise(
     """Unmask x (B, L) with `strategy` over the schedule's `alphas`: (x, nfe, steps taken)."""
     if strategy.startswith("ancestral"):
         cached = strategy == "ancestral_cached"
-        return _ancestral(
+        return ancestral_steps(
             denoiser,
             x,
             alphas,
@@ -277,7 +277,7 @@ def _denoise(
             cached=cached,
             trajectory=trajectory,
         )
-    return _confident(
+    return confident_steps(
         denoiser,
         x,
         alphas,
@@ -290,7 +290,10 @@ def _denoise(
     )
 
 
-def _ancestral(denoiser, x, alphas, mask_id, temperature, generator, *, cached, trajectory):
+def ancestral_steps(denoiser, x, alphas, mask_id, temperature, generator, *, cached, trajectory):
+    """The ancestral reverse process on x (B, L) over the schedule's `alphas`: each step
+    reveals every masked position with `reveal_probability` and draws its token; `cached`
+    skips the call when the last step revealed nothing. Returns (x, nfe, steps taken)."""
     steps = len(alphas) - 1
     nfe, steps_taken = 0, 0
     probs = None
@@ -315,9 +318,12 @@ def _ancestral(denoiser, x, alphas, mask_id, temperature, generator, *, cached, 
     return x, nfe, steps_taken
 
 
-def _confident(
+def confident_steps(
     denoiser, x, alphas, mask_id, temperature, generator, *, kind, threshold, trajectory
 ):
+    """Confidence (or threshold) decoding of x (B, L): each step draws a token at every
+    masked position and commits those `confident_commit` picks, the schedule's quota at least.
+    Returns (x, nfe, steps taken)."""
     steps = len(alphas) - 1
     left_after = masks_left_after((x == mask_id).sum(1), alphas)  # (B, steps)
     nfe, steps_taken = 0, 0
@@ -426,7 +432,7 @@ def forward_with_kv(
     return model.head(model.ln_f(x))  # (B, L, vocab_size)
 
 
-class _BlockView:
+class BlockView:
     """The denoiser a block's steps call: ids of the block (B, b) -> its logits (B, b, V).
 
     It runs the model on the context the cache mode needs (see `_cache_mode`), with the rest
@@ -590,12 +596,12 @@ def sample_block_diffusion(
         record=record,
     )
     mode = _cache_mode(model, block_len, use_kv_cache, approximate_cache)
-    return _decode_blocks(model, how, mode=mode, generator=generator)
+    return decode_blocks(model, how, mode=mode, generator=generator)
 
 
 @dataclass(frozen=True)
 class BlockDecoding:
-    """How `sample_block_diffusion` decodes, its arguments checked: what `_decode_blocks` and
+    """How `sample_block_diffusion` decodes, its arguments checked: what `decode_blocks` and
     `prefix_cache_error` share (one object, not a dozen keyword arguments passed along)."""
 
     length: int
@@ -651,10 +657,12 @@ class BlockDecoding:
         )
 
 
-def _decode_blocks(
+def decode_blocks(
     model, how: BlockDecoding, *, mode: str, generator, errors: list | None = None
 ) -> DiffusionSample:
-    """The block loop of `sample_block_diffusion`."""
+    """The block loop of `sample_block_diffusion`: `how` says what to decode, `mode` how each
+    step sees the rest of the sequence (`_cache_mode`'s names); with a list `errors`, the
+    approximate caches record their error at every step (`prefix_cache_error`)."""
     length, block_len, mask_id = how.length, how.block_len, how.mask_id
     device = _device_of(model, how.prompt)
     x = _initial_state(length, how.batch_size, how.prompt, mask_id, device)  # (B, L)
@@ -678,7 +686,7 @@ def _decode_blocks(
             first, last = (start + 1, min(stop_at + 1, length)) if shift else (start, stop_at)
             block = x[:, first:last]  # (B, b)
             n_generated += int((block == mask_id).sum())
-            view = _BlockView(model, x, start, stop_at, mode, cache, mask_id, errors)
+            view = BlockView(model, x, start, stop_at, mode, cache, mask_id, errors)
             block_trajectory = [] if how.record else None
             block, _, steps = _denoise(
                 view,
@@ -771,8 +779,8 @@ def prefix_cache_error(
     steps: list[dict] = []
     with torch.inference_mode():
         seeded = torch.Generator().manual_seed
-        cached = _decode_blocks(model, how, mode=mode, generator=seeded(seed), errors=steps)
-        exact = _decode_blocks(model, how, mode="full", generator=seeded(seed))
+        cached = decode_blocks(model, how, mode=mode, generator=seeded(seed), errors=steps)
+        exact = decode_blocks(model, how, mode="full", generator=seeded(seed))
     if not steps:
         raise ValueError("nothing was decoded: the prompt fills every position")
     first = [row for row in steps if row["step"] == 0]

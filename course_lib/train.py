@@ -181,7 +181,7 @@ def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return env.autocast_dtype(device)
 
 
-def _distributed() -> tuple[int, int]:
+def distributed_world() -> tuple[int, int]:
     """(rank, world size); initialises the process group when run under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -370,7 +370,7 @@ def _evaluate_after_interrupt(run: _Run) -> None:
 
 def _set_up(model, cfg, source, out_dir, resume, device, progress) -> _Run:
     """The device, the processes, the optimiser and the generators; a checkpoint to resume."""
-    rank, world = _distributed()
+    rank, world = distributed_world()
     if device is None:
         device = (
             torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")

@@ -91,3 +91,56 @@ def test_the_kernelspec_is_the_installed_kernels_own(notebook):
     spec = notebook["metadata"]["kernelspec"]
     assert spec["name"] == "python3"
     assert spec["display_name"] == KernelSpecManager().get_kernel_spec("python3").display_name
+
+
+# a name in a course_lib module, reached from a module (`sampling.x`, `course_lib.ceilings.x`)
+_LIBRARY_NAME = re.compile(
+    r"\b(?:course_lib\.)?(?P<module>[a-z_]+)\.(?P<path>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)"
+)
+
+
+def _library_module(name):
+    import importlib
+
+    try:
+        return importlib.import_module(f"course_lib.{name}")
+    except ImportError:
+        return None
+
+
+def test_no_notebook_anchors_on_a_private_library_name(notebook):
+    """Notebooks name public functions only: renaming a private helper breaks no notebook."""
+    private = []
+    for index, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        for match in _LIBRARY_NAME.finditer("".join(cell["source"])):
+            if _library_module(match["module"]) is None:
+                continue
+            parts = match["path"].split(".")
+            if any(p.startswith("_") and not p.startswith("__") for p in parts):
+                private.append(f"cell {index}: {match.group(0)}")
+    assert not private, private
+
+
+def test_no_notebook_prints_a_whole_function_of_more_than_40_lines(notebook):
+    """Longer library code is shown as a named excerpt (`viz.show_lines`, at most 40 lines)."""
+    import inspect
+
+    long = []
+    for index, cell in enumerate(notebook["cells"]):
+        source = "".join(cell["source"]) if cell["cell_type"] == "code" else ""
+        for match in re.finditer(r"print\(inspect\.getsource\(([\w.]+)\)\)", source):
+            parts = match[1].removeprefix("course_lib.").split(".")
+            obj = _library_module(parts[0])
+            if obj is None:  # a name imported from a module, e.g. SelfAttention.forward
+                modules = [_library_module(m) for m in ("model", "ceilings", "diffusion")]
+                obj = next(m for m in modules if hasattr(m, parts[0]))
+            else:
+                parts = parts[1:]
+            for part in parts:
+                obj = getattr(obj, part)
+            n = len(inspect.getsource(obj).splitlines())
+            if n > 40:
+                long.append(f"cell {index}: {match[1]} ({n} lines)")
+    assert not long, long
