@@ -1,5 +1,7 @@
 """Checks of notebook 10: right answers pass, stubs are "not attempted", typical mistakes get their hint."""
 
+import math
+
 import pytest
 from exercise_helpers import right
 
@@ -131,3 +133,67 @@ def test_the_checked_step_time_is_the_librarys_with_one_bandwidth():
         want = roofline.predict_step_time(cost, ceilings).total_s
         got = step_seconds(cost.flops, cost.bytes, rate, bandwidth, overhead.seconds(cost.n_layer))
         assert got == pytest.approx(want, rel=1e-12)
+
+
+# -- exercise 4 (derive) and exercise 5 (debug) ----------------------------------------------
+
+
+def compute_bound(peak_flops, bandwidth, bytes_per_weight):
+    return peak_flops * bytes_per_weight / (2 * bandwidth)
+
+
+def test_the_derived_compute_bound_tokens_pass_and_use_this_machines_ceilings(capsys):
+    from types import SimpleNamespace
+
+    machine = SimpleNamespace(matmul_flops={"float32": 100e9}, memory_bandwidth=25e9)
+    assert right(checks.check_compute_bound_tokens(compute_bound, machine))
+    out = capsys.readouterr().out
+    assert "this machine, float32 weights from memory: 8 positions" in out
+    assert "H100 SXM, bfloat16: 295 positions" in out
+    assert not checks.check_compute_bound_tokens(stub)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda p, b, s: p / b, "ridge point in FLOP/byte"),
+        (lambda p, b, s: p / (2 * b), "left out the bytes per weight"),
+        (lambda p, b, s: p * s / b, "2 FLOPs"),
+        (lambda p, b, s: 2 * b / (p * s), "upside down"),
+        (lambda p, b, s: 8.0, "solve for T"),
+    ],
+)
+def test_a_wrong_derivation_gets_its_hint(wrong, hint):
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_compute_bound_tokens(wrong)
+
+
+def fixed_break_even(t_ar, t_pass, block_len):
+    steps = t_ar / t_pass - 1
+    return block_len / steps if steps >= 1 else math.inf
+
+
+def test_the_fixed_break_even_passes_and_the_planted_bug_is_named(capsys):
+    assert right(checks.check_break_even_fix(fixed_break_even))
+    assert "k* = b" in capsys.readouterr().out
+    assert not checks.check_break_even_fix(stub)
+
+    def colleagues(t_ar, t_pass, block_len):  # the planted bug, unchanged
+        steps = t_ar / t_pass
+        return block_len / steps if steps >= 1 else math.inf
+
+    with pytest.raises(checks.CheckFailed, match="still the colleague's version"):
+        checks.check_break_even_fix(colleagues)
+
+    def no_guard(t_ar, t_pass, block_len):
+        return block_len / (t_ar / t_pass - 1)
+
+    with pytest.raises(checks.CheckFailed, match="return math.inf"):
+        checks.check_break_even_fix(no_guard)
+
+    def off_by_a_block(t_ar, t_pass, block_len):
+        steps = t_ar / t_pass - 2
+        return block_len / steps if steps >= 1 else math.inf
+
+    with pytest.raises(checks.CheckFailed, match="expected"):
+        checks.check_break_even_fix(off_by_a_block)

@@ -205,3 +205,156 @@ def check_predict_step_seconds(predict_step_seconds) -> bool:
         )
 
     return run_check("predict_step_seconds", SOLUTION, test)
+
+
+def check_compute_bound_tokens(compute_bound_tokens, ceilings=None) -> bool:
+    """Exercise 4 (derive). `compute_bound_tokens(peak_flops, bandwidth, bytes_per_weight)`
+    -> how many positions one forward must score before its weight matmuls reach the compute
+    roof: the T at which 2T FLOPs per weight read of `bytes_per_weight` bytes meet the ridge
+    point peak / bandwidth. Tried on hidden machines; with the measured `ceilings`, the
+    success message gives this machine's number."""
+
+    machines = [  # (peak FLOP/s, bandwidth bytes/s, bytes per weight): hidden from the notebook
+        (184e9, 43e9, 4),  # a CPU core pair, float32
+        (817e9, 43e9, 2),  # the same CPU in bfloat16
+        (989.5e12, 3.35e12, 2),  # an H100 in bfloat16
+        (65e12, 320e9, 2),  # a T4 in float16
+        (1e12, 1e11, 1),  # 8-bit weights
+    ]
+
+    def truth(peak, bandwidth, size):
+        return peak * size / (2 * bandwidth)
+
+    def test() -> str:
+        got = [
+            _number(compute_bound_tokens(p, b, s), "compute_bound_tokens") for p, b, s in machines
+        ]
+        if _all_close(got, [truth(*m) for m in machines]):
+            return _compute_bound_summary(compute_bound_tokens, ceilings)
+        slips = [
+            (
+                lambda p, b, s: p / b,
+                "that is the ridge point in FLOP/byte, not in positions: "
+                "one position does 2 FLOPs per weight and reads each weight's bytes once",
+            ),
+            (
+                lambda p, b, s: p / (2 * b),
+                "you left out the bytes per weight: the intensity of "
+                "T positions is 2T / bytes_per_weight FLOP/byte, so wider weights need more "
+                "positions to reach the ridge",
+            ),
+            (
+                lambda p, b, s: p * s / b,
+                "a multiply-add is 2 FLOPs: T positions do 2T FLOPs "
+                "per weight, which halves the positions needed",
+            ),
+            (
+                lambda p, b, s: 2 * p / (s * b),
+                "bytes per weight go upstairs: intensity = "
+                "2T / bytes_per_weight, set it equal to peak / bandwidth and solve for T",
+            ),
+            (
+                lambda p, b, s: 2 * b / (p * s),
+                "upside down: a machine with more FLOP/s per "
+                "byte/s needs MORE positions per weight read before the FLOPs become the limit",
+            ),
+        ]
+        for slip, hint in slips:
+            if _all_close(got, [slip(*m) for m in machines]):
+                raise CheckFailed(hint + ".")
+        (p, b, s), g = next(
+            (m, g) for m, g in zip(machines, got, strict=True) if not _close(g, truth(*m))
+        )
+        raise CheckFailed(
+            f"for peak {p:.3g} FLOP/s, bandwidth {b:.3g} bytes/s and {s}-byte weights you "
+            f"returned {g:.4g} positions. Write the intensity of a forward over T positions, "
+            "set it equal to the ridge point, and solve for T."
+        )
+
+    return run_check("compute_bound_tokens", SOLUTION, test)
+
+
+def _compute_bound_summary(compute_bound_tokens, ceilings) -> str:
+    """The learner's function on this machine's measured ceilings and on two catalog GPUs."""
+    from course_lib import hardware
+
+    lines = []
+    if ceilings is not None:
+        peak = ceilings.matmul_flops["float32"]
+        t = compute_bound_tokens(peak, ceilings.memory_bandwidth, 4)
+        where = "past" if t < 16 else "below"
+        lines.append(
+            f"this machine, float32 weights from memory: {t:.0f} positions (a block step of 16 "
+            f"positions is {where} it)"
+        )
+    for name in ("H100 SXM", "T4"):
+        gpu = hardware.CATALOG[name]
+        dtype = "float16" if name == "T4" else "bfloat16"
+        peak, bandwidth = gpu.flops[dtype].value, gpu.memory_bandwidth.value
+        lines.append(f"{name}, {dtype}: {compute_bound_tokens(peak, bandwidth, 2):.0f} positions")
+    return (
+        "An AR step at batch 1 scores 1 position, far below on every machine; on a GPU even a "
+        "block step of 64 positions stays under the memory roof, its extra positions free. "
+        + "; ".join(lines)
+        + "."
+    )
+
+
+def check_break_even_fix(break_even_tokens) -> bool:
+    """Exercise 5 (debug). The fixed `break_even_tokens(t_ar, t_pass, block_len)`: tokens per
+    step at which block diffusion matches AR, when one pass over the blocks takes `t_pass`,
+    AR takes `t_ar` for the same tokens, and each block costs its denoising steps plus one
+    forward that commits it to the cache; math.inf when diffusion cannot win."""
+    import math
+
+    cases = [(2.0, 1.0, 32), (5.0, 1.0, 16), (9.0, 2.0, 8), (1.5, 1.0, 32), (11.0, 1.0, 4)]
+
+    def truth(t_ar, t_pass, block_len):
+        steps = t_ar / t_pass - 1
+        return block_len / steps if steps >= 1 else math.inf
+
+    def buggy(t_ar, t_pass, block_len):
+        steps = t_ar / t_pass
+        return block_len / steps if steps >= 1 else math.inf
+
+    def test() -> str:
+        got = [_as_tokens(break_even_tokens(*case)) for case in cases]
+        want = [truth(*case) for case in cases]
+        if all(_same_tokens(g, w) for g, w in zip(got, want, strict=True)):
+            return (
+                "By hand: when AR takes two passes' time, one denoising pass and the commit "
+                "use it all, so each step must commit the whole block (k* = b); the original "
+                "said b / 2."
+            )
+        if all(_same_tokens(g, buggy(*c)) for g, c in zip(got, cases, strict=True)):
+            raise CheckFailed(
+                "that is still the colleague's version. Try t_ar = 2 * t_pass by hand: what "
+                "does a block cost besides its s denoising forwards, and how many denoising "
+                "forwards fit in AR's time then?"
+            )
+        case, g, w = next(
+            (c, g, w) for c, g, w in zip(cases, got, want, strict=True) if not _same_tokens(g, w)
+        )
+        if math.isinf(w):
+            raise CheckFailed(
+                f"for t_ar={case[0]}, t_pass={case[1]}, block_len={case[2]} not even one "
+                f"denoising pass fits besides the commit: return math.inf, not {g:.4g}"
+            )
+        raise CheckFailed(
+            f"for t_ar={case[0]}, t_pass={case[1]}, block_len={case[2]} you returned {g:.4g} "
+            f"tokens per step, expected {w:.4g}"
+        )
+
+    return run_check("break_even_fix", SOLUTION, test)
+
+
+def _as_tokens(value) -> float:
+    return as_number(value, "break_even_tokens", finite=False)
+
+
+def _same_tokens(got: float, want: float) -> bool:
+    import math
+
+    if math.isinf(want) or math.isinf(got):
+        return got == want
+    return _close(got, want)
