@@ -425,3 +425,41 @@ def test_the_loss_check_compares_with_the_library():
         ours = loss_right(denoiser, x0, x_t, t, schedule, 5)
         assert torch.allclose(library, ours, rtol=1e-12)
         assert (x_t == 5).any() and (x_t != 5).any()  # both kinds of position are present
+
+
+# -- notebook 05, exercise 2 (ablate) and exercise 3 (derive) ---------------------------------
+
+
+class _Unweighted(diffusion.LogLinearSchedule):
+    def weight(self, t):
+        return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
+
+
+def test_the_unweighted_loss_ablation_needs_the_right_schedule_and_prediction(capsys):
+    assert right(checks.check_unweighted_loss("below", _Unweighted()))
+    out = capsys.readouterr().out
+    assert "against the entropy" in out and "weighted bound" in out
+    assert not checks.check_unweighted_loss(..., ...)
+    with pytest.raises(checks.CheckFailed, match="below"):
+        checks.check_unweighted_loss("above", _Unweighted())
+    with pytest.raises(checks.CheckFailed, match="weight should be 1"):
+        checks.check_unweighted_loss("below", diffusion.LogLinearSchedule())
+    with pytest.raises(checks.CheckFailed, match="alpha"):
+        checks.check_unweighted_loss("below", diffusion.CosineSchedule())
+    with pytest.raises(checks.CheckFailed, match='"above" or "below"'):
+        checks.check_unweighted_loss("lower", _Unweighted())
+
+
+@pytest.mark.parametrize(
+    "c, hint",
+    [(1, "log-linear"), (4 / math.pi, "chain rule"), (math.pi, "substitute"), (3, "not it")],
+)
+def test_a_wrong_cosine_weight_constant_gets_its_hint(c, hint):
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_cosine_weight_constant(c)
+
+
+def test_the_cosine_weight_constant_is_two(capsys):
+    assert right(checks.check_cosine_weight_constant(2))
+    assert "2.00000" in capsys.readouterr().out
+    assert not checks.check_cosine_weight_constant(...)

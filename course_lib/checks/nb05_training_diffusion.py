@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import diffusion
-from course_lib.checks._core import CheckFailed, close, run_check
+from course_lib.checks._core import CheckFailed, as_number, close, run_check
 
 SOLUTIONS = "The solutions are in notebooks/solutions/05_training_diffusion_solutions.ipynb."
 
@@ -314,3 +314,109 @@ def check_low_discrepancy_times(sample_times: Callable) -> bool:
     return run_check(
         "low_discrepancy_times", SOLUTIONS, lambda: _test_low_discrepancy_times(sample_times)
     )
+
+
+# -- exercise 3 (ablate): drop the weight ----------------------------------------------------
+
+
+def _unweighted_case(schedule: diffusion.Schedule) -> tuple[float, float, float]:
+    """(the exact denoiser's loss under `schedule`, under the log-linear bound, the entropy)
+    in bits per token, on a Markov chain the notebook does not show; same draws for both."""
+    from course_lib import synthetic
+
+    source = synthetic.MarkovChain.random(vocab_size=6, length=12, sharpness=2.0, seed=11)
+    x0 = source.sample(2048, torch.Generator().manual_seed(5))
+    oracle = source.oracle()
+    bits = []
+    for each in (schedule, "loglinear"):
+        generator = torch.Generator().manual_seed(9)
+        draws = [
+            diffusion.nelbo_per_sequence(oracle, x0, each, generator=generator).mean()
+            for _ in range(4)
+        ]
+        bits.append(torch.stack(draws).mean().item() / math.log(2))
+    return bits[0], bits[1], source.entropy_bits_per_token()
+
+
+def check_unweighted_loss(prediction, schedule) -> bool:
+    """Exercise 3 (ablate). `prediction` ("above" or "below"): where the exact denoiser's
+    unweighted loss lands against the entropy; `schedule`: the log-linear schedule with its
+    weight w(t) replaced by 1 (the BERT-style loss). Both are tried on a hidden source."""
+
+    def test() -> str:
+        if prediction is ... or schedule is ...:
+            raise NotImplementedError
+        if prediction not in ("above", "below"):
+            raise CheckFailed(f'prediction should be "above" or "below", got {prediction!r}')
+        t = torch.linspace(0.01, 1.0, 50, dtype=torch.float64)
+        try:
+            weight = torch.as_tensor(schedule.weight(t), dtype=torch.float64)
+            alpha = torch.as_tensor(schedule.alpha(t), dtype=torch.float64)
+        except AttributeError as err:
+            raise CheckFailed(
+                "schedule should be a schedule object (subclass diffusion.LogLinearSchedule "
+                f"and override its weight): {err}"
+            ) from err
+        if not torch.allclose(alpha, 1 - t):
+            raise CheckFailed(
+                "keep the log-linear schedule's alpha(t) = 1 - t: only the weight changes"
+            )
+        if not torch.allclose(weight.expand_as(t), torch.ones_like(t)):
+            raise CheckFailed(
+                "the ablated weight should be 1 at every t (here w(0.5) = "
+                f"{weight.expand_as(t)[24].item():.3g}): return torch.ones_like(t)"
+            )
+        unweighted, bound, entropy = _unweighted_case(schedule)
+        measured = f"{unweighted:.3f} bits per token, against the entropy {entropy:.3f}"
+        if prediction != "below":
+            raise CheckFailed(
+                f"the exact denoiser's unweighted loss is {measured}: below. Masked tokens are "
+                "cheap at small t (many neighbours visible) and w(t) = 1/t is what weighs "
+                "those times up to make the integral add up to -log p(x0); with w = 1 the "
+                "loss is smaller than the bound, so it can pass below the entropy, which no "
+                "bound can"
+            )
+        return (
+            f"Measured on a hidden source: unweighted {measured} (the weighted bound: "
+            f"{bound:.3f}). A loss that can pass below the entropy bounds nothing: its bits "
+            "could not be compared with an AR model's."
+        )
+
+    return run_check("unweighted_loss", SOLUTIONS, test)
+
+
+# -- exercise 4 (derive): the cosine weight near t = 0 ---------------------------------------
+
+
+def check_cosine_weight_constant(c) -> bool:
+    """Exercise 4 (derive). Near t = 0 the cosine schedule's weight behaves like c / t; `c`
+    is the learner's derived constant (the log-linear schedule's is 1)."""
+
+    def test() -> str:
+        if c is ...:
+            raise NotImplementedError
+        value = as_number(c, "c")
+        if abs(value - 2.0) < 1e-3:
+            t = 1e-4
+            w = diffusion.get_schedule("cosine").weight(torch.tensor(t, dtype=torch.float64))
+            return (
+                f"t * w(t) at t = {t:g}: {t * w.item():.5f}. Twice the log-linear weight near "
+                "0, so the cosine schedule's estimate is noisier there: one more reason to "
+                "start the times at TIME_EPS."
+            )
+        hints = {
+            1.0: "that is the log-linear schedule's constant, or you dropped the 1/2 of "
+            "1 - cos(x) ~ x^2 / 2",
+            4 / math.pi: "alpha'(t) = -(pi / 2) sin(pi t / 2): the chain rule brings the "
+            "factor pi / 2, which your derivative lost",
+            math.pi: "you stopped at pi / x with x = pi t / 2: substitute x to get c / t",
+        }
+        for wrong, hint in hints.items():
+            if abs(value - wrong) < 1e-3:
+                raise CheckFailed(f"c = {value:g}: {hint}.")
+        raise CheckFailed(
+            f"c = {value:g} is not it. Expand both for small t: sin(x) ~ x and 1 - cos(x) ~ "
+            "x^2 / 2 with x = pi t / 2, then simplify -alpha'(t) / (1 - alpha(t))."
+        )
+
+    return run_check("cosine_weight_constant", SOLUTIONS, test)
