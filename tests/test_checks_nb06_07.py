@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from exercise_helpers import assert_correct, assert_not_attempted
+from exercise_helpers import assert_correct, assert_not_attempted, right
 
 from course_lib import checks, sampling, synthetic
 from course_lib.checks import CheckFailed
@@ -350,3 +350,19 @@ def test_parallel_tv_formula_matches_the_sampler():
         broken = (source.log_prob(result.tokens) == float("-inf")).double().mean().item()
         expected = parallel_tv_reference(3, 2, steps)
         assert abs(broken - expected) < 5 * math.sqrt(expected * (1 - expected) / n)
+
+
+# -- notebook 07, exercise 4 (predict, then run) ---------------------------------------------
+
+
+def test_the_calls_prediction_matches_the_exact_expectation(capsys):
+    from course_lib.checks.nb07_evaluation import expected_cached_calls
+
+    assert expected_cached_calls(4, 1) == pytest.approx(1.0)
+    assert expected_cached_calls(4, 128) == pytest.approx(3.953, abs=1e-3)  # the notebook's 3.95
+    assert right(checks.check_calls_prediction(4))
+    assert "3.95" in capsys.readouterr().out
+    assert not checks.check_calls_prediction(...)
+    for guess, hint in ((128, "uncached"), (2, "distinct steps"), (5, "never more than one")):
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_calls_prediction(guess)

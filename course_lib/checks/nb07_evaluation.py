@@ -239,3 +239,49 @@ def _test_parallel_tv(fn) -> str:
 def check_parallel_tv(fn: Callable) -> bool:
     """Check fn(vocab_size, n_pairs, steps) -> 1 - (1 - (1 - 1/V) / steps)^n_pairs."""
     return run_check("parallel_tv", SOLUTIONS, lambda: _test_parallel_tv(fn))
+
+
+# -- exercise 4 (predict, then run): network calls of the cached ancestral sampler ------------
+
+
+def expected_cached_calls(n_positions: int, steps: int) -> float:
+    """Network calls per sequence of the cached ancestral sampler with an exact denoiser and
+    the log-linear schedule: one per step that reveals something. Each position's reveal step
+    is uniform over the steps, independently, so a step is used with probability
+    1 - (1 - 1/steps)^n_positions."""
+    return steps * (1 - (1 - 1 / steps) ** n_positions)
+
+
+def check_calls_prediction(prediction) -> bool:
+    """Exercise 4 (predict, then run). `prediction`: the learner's guess, made before running
+    the measurement, of the network calls per sequence that the cached ancestral sampler makes
+    with 128 steps on the 4-position source; right within 0.3 of the exact expectation."""
+
+    def test() -> str:
+        if prediction is ...:
+            raise NotImplementedError
+        guess = as_number(prediction, "prediction")
+        exact = expected_cached_calls(4, 128)
+        if abs(guess - exact) <= 0.3:
+            return (
+                f"Exactly {exact:.2f} on average: a call only where a step reveals something, "
+                "so never more than the 4 positions, however many steps."
+            )
+        if guess > 10:
+            raise CheckFailed(
+                f"{guess:g} calls: that is the uncached sampler's count. The cached one skips "
+                "every step that revealed nothing (its input did not change, so neither would "
+                "the network's answer). How many steps can reveal something, at most?"
+            )
+        if guess < 3.5:
+            raise CheckFailed(
+                f"{guess:g} calls: with 128 steps, two positions rarely share a step. Each "
+                "position's reveal step is uniform over the 128 steps, independently: how many "
+                "distinct steps do 4 positions use?"
+            )
+        raise CheckFailed(
+            f"{guess:g} calls: never more than one per position (only steps that reveal "
+            "something call the network)"
+        )
+
+    return run_check("calls_prediction", SOLUTIONS, test)
