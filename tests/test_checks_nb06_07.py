@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from exercise_helpers import assert_correct, assert_not_attempted, right
+from exercise_helpers import assert_correct, assert_not_attempted, right, stub
 
 from course_lib import checks, sampling, synthetic
 from course_lib.checks import CheckFailed
@@ -366,3 +366,70 @@ def test_the_calls_prediction_matches_the_exact_expectation(capsys):
     for guess, hint in ((128, "uncached"), (2, "distinct steps"), (5, "never more than one")):
         with pytest.raises(checks.CheckFailed, match=hint):
             checks.check_calls_prediction(guess)
+
+
+# -- notebook 06, exercise 4 (debug): the cached sampler ----------------------------------------
+
+
+def _fixed_cached(denoiser, x, alphas, mask_id, generator):
+    probs, changed, nfe = None, True, 0
+    for j in range(len(alphas) - 1):
+        masked = x == mask_id
+        if not masked.any():
+            break
+        if probs is None or changed:
+            probs = sampling.logits_to_probs(denoiser(x), 1.0)
+            nfe += 1
+        p_unmask = sampling.reveal_probability(alphas, j)
+        u = torch.rand(x.shape, dtype=torch.float64, generator=generator)
+        proposal = sampling.sample_categorical(probs, generator)
+        unmask = masked & (u < p_unmask)
+        x = torch.where(unmask, proposal, x)
+        changed = bool(unmask.any())
+    return x, nfe
+
+
+def _uncached(denoiser, x, alphas, mask_id, generator):
+    nfe = 0
+    for j in range(len(alphas) - 1):
+        masked = x == mask_id
+        if not masked.any():
+            break
+        probs = sampling.logits_to_probs(denoiser(x), 1.0)
+        nfe += 1
+        u = torch.rand(x.shape, dtype=torch.float64, generator=generator)
+        proposal = sampling.sample_categorical(probs, generator)
+        x = torch.where(masked & (u < sampling.reveal_probability(alphas, j)), proposal, x)
+    return x, nfe
+
+
+def _skips_draws(denoiser, x, alphas, mask_id, generator):
+    probs, changed, nfe = None, True, 0
+    for j in range(len(alphas) - 1):
+        masked = x == mask_id
+        if not masked.any():
+            break
+        if probs is None or changed:
+            probs = sampling.logits_to_probs(denoiser(x), 1.0)
+            nfe += 1
+            proposal = sampling.sample_categorical(probs, generator)
+        u = torch.rand(x.shape, dtype=torch.float64, generator=generator)
+        unmask = masked & (u < sampling.reveal_probability(alphas, j))
+        x = torch.where(unmask, proposal, x)
+        changed = bool(unmask.any())
+    return x, nfe
+
+
+def test_the_fixed_cached_sampler_passes_and_each_planted_slip_is_named(capsys):
+    from course_lib.checks.nb06_sampling import buggy_cached_ancestral
+
+    assert right(checks.check_cached_sampler_fix(_fixed_cached))
+    assert "never the samples" in capsys.readouterr().out
+    assert not checks.check_cached_sampler_fix(stub)
+    for wrong, hint in (
+        (buggy_cached_ancestral, "still masked"),
+        (_uncached, "never skips"),
+        (_skips_draws, "never the random numbers"),
+    ):
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_cached_sampler_fix(wrong)

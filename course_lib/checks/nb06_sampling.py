@@ -331,3 +331,94 @@ def _test_confidence(fn) -> str:
 def check_confidence(fn: Callable) -> bool:
     """Check fn(probs, kind) -> (B, L) margin or entropy confidence, as in position_confidence."""
     return run_check("confidence", SOLUTIONS, lambda: _test_confidence(fn))
+
+
+# -- exercise 4 (debug): a cached sampler that stops too soon ---------------------------------
+
+
+def buggy_cached_ancestral(denoiser, x, alphas, mask_id, generator):
+    """The notebook's planted bug, kept here so the check can recognise it unchanged."""
+    from course_lib import sampling
+
+    probs, changed, nfe = None, True, 0
+    for j in range(len(alphas) - 1):
+        masked = x == mask_id
+        if not masked.any():
+            break
+        if probs is None or changed:
+            probs = sampling.logits_to_probs(denoiser(x), 1.0)
+            nfe += 1
+            p_unmask = sampling.reveal_probability(alphas, j)
+            u = torch.rand(x.shape, dtype=torch.float64, generator=generator)
+            proposal = sampling.sample_categorical(probs, generator)
+            unmask = masked & (u < p_unmask)
+            x = torch.where(unmask, proposal, x)
+            changed = bool(unmask.any())
+    return x, nfe
+
+
+def _cached_cases():
+    from course_lib import diffusion, synthetic
+
+    # one sequence at a time: with a batch, some row changes at almost every step
+    for length, steps, seed in ((6, 24, 0), (6, 24, 3), (8, 8, 1), (5, 64, 2), (5, 64, 4)):
+        source = synthetic.MarkovChain.random(vocab_size=5, length=length, seed=seed)
+        alphas = diffusion.get_schedule("loglinear").alpha(
+            diffusion.get_schedule("loglinear").time_grid(steps)
+        )
+        yield source, alphas.tolist(), steps, seed
+
+
+def _test_cached_sampler_fix(fn) -> str:
+    from course_lib import sampling
+
+    for source, alphas, steps, seed in _cached_cases():
+        oracle, mask_id = source.oracle(), source.mask_id
+        start = torch.full((1, source.length), mask_id, dtype=torch.long)
+        got = fn(oracle, start.clone(), alphas, mask_id, torch.Generator().manual_seed(seed))
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise CheckFailed("return the pair (x, nfe), as the colleague's function does")
+        x, nfe = got
+        want_x, want_nfe, _ = sampling.ancestral_steps(
+            oracle,
+            start.clone(),
+            alphas,
+            mask_id,
+            1.0,
+            torch.Generator().manual_seed(seed),
+            cached=True,
+            trajectory=None,
+        )
+        case = f"{steps} steps for {source.length} tokens"
+        if not isinstance(x, torch.Tensor) or x.shape != want_x.shape:
+            raise CheckFailed(f"x should be the (B, L) ids, like the input ({case})")
+        if (x == mask_id).any():
+            raise CheckFailed(
+                f"with {case}, {(x == mask_id).sum().item()} positions are still masked at the "
+                "end. Follow the loop after a step that reveals nothing: does the next step "
+                "still draw its numbers and reveal anything?"
+            )
+        if int(nfe) >= steps and want_nfe < steps:
+            raise CheckFailed(
+                f"{nfe} network calls for {case}: the cache never skips a call. Only a step "
+                "that changed x needs a new forward"
+            )
+        if not torch.equal(x, want_x) or int(nfe) != want_nfe:
+            raise CheckFailed(
+                f"with {case} and the same seed, your tokens or your {nfe} calls differ from the "
+                f"library's cached sampler ({want_nfe} calls, the uncached sampler's tokens). "
+                "Every step must draw its "
+                "uniforms and proposals, in that order, whether or not it calls the network: "
+                "the cache may skip the forward, never the random numbers"
+            )
+    return (
+        "Same tokens as the uncached sampler for the same seed, with a call only after a step "
+        "that changed something: the cache changes the cost, never the samples."
+    )
+
+
+def check_cached_sampler_fix(fn: Callable) -> bool:
+    """Exercise 4 (debug). The fixed `cached_ancestral(denoiser, x, alphas, mask_id,
+    generator)` -> (x, nfe): same tokens and calls as `sampling.ancestral_steps(cached=True)`
+    with the same seed, on hidden Markov chains and step counts."""
+    return run_check("cached_sampler_fix", SOLUTIONS, lambda: _test_cached_sampler_fix(fn))
