@@ -356,7 +356,7 @@ def test_parallel_tv_formula_matches_the_sampler():
 
 
 def test_the_calls_prediction_matches_the_exact_expectation(capsys):
-    from course_lib.checks.nb07_evaluation import expected_cached_calls
+    from course_lib.checks.nb06_sampling import expected_cached_calls
 
     assert expected_cached_calls(4, 1) == pytest.approx(1.0)
     assert expected_cached_calls(4, 128) == pytest.approx(3.953, abs=1e-3)  # the notebook's 3.95
@@ -433,3 +433,19 @@ def test_the_fixed_cached_sampler_passes_and_each_planted_slip_is_named(capsys):
     ):
         with pytest.raises(checks.CheckFailed, match=hint):
             checks.check_cached_sampler_fix(wrong)
+
+
+def test_the_derived_expected_calls_pass_and_slips_get_their_hint(capsys):
+    from course_lib.checks.nb06_sampling import expected_cached_calls
+
+    assert right(checks.check_expected_calls(expected_cached_calls))
+    assert "By linearity" in capsys.readouterr().out
+    assert not checks.check_expected_calls(stub)
+    for wrong, hint in (
+        (min, "the most there can be"),
+        (lambda n, s: s * (1 - 1 / s) ** n, "reveal NOTHING"),
+        (lambda n, s: n * (1 - (1 - 1 / n) ** s), "swapped"),
+        (lambda n, s: 3.0, "step by step"),
+    ):
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_expected_calls(wrong)

@@ -333,6 +333,66 @@ def check_confidence(fn: Callable) -> bool:
     return run_check("confidence", SOLUTIONS, lambda: _test_confidence(fn))
 
 
+# -- exercise 3 (derive): how many steps call the network ------------------------------------
+
+
+def expected_cached_calls(n_positions: int, steps: int) -> float:
+    """Network calls of the cached ancestral sampler for one sequence, on average: one per step
+    that reveals something. Each position's reveal step is uniform over the steps,
+    independently (log-linear schedule), so a given step reveals nothing with probability
+    (1 - 1/steps)^n_positions."""
+    return steps * (1 - (1 - 1 / steps) ** n_positions)
+
+
+def check_expected_calls(fn: Callable) -> bool:
+    """Exercise 3 (derive). fn(n_tokens, steps) -> the expected number of steps that reveal at
+    least one of n_tokens masked tokens, each revealed at a step uniform over `steps`."""
+    cases = [(4, 128), (128, 256), (16, 16), (1, 10), (50, 5), (7, 1)]
+
+    def test() -> str:
+        got = [as_number(fn(n, s), f"fn({n}, {s})") for n, s in cases]
+        want = [expected_cached_calls(n, s) for n, s in cases]
+        if all(abs(g - w) <= 1e-6 * max(1.0, w) for g, w in zip(got, want, strict=True)):
+            return (
+                "By linearity: the expected number of steps used is the sum over the S steps "
+                "of P(the step reveals something), S (1 - (1 - 1/S)^L). It tends to L as S "
+                "grows: one call per token, the most a cached sampler can ever need."
+            )
+        slips = [
+            (
+                lambda n, s: min(n, s),
+                "that is the most there can be, not the average: two tokens can share a step",
+            ),
+            (lambda n, s: n, "only in the limit of many steps; with few steps, tokens share them"),
+            (
+                lambda n, s: s * (1 / s) ** n,
+                "that is the chance that ALL tokens share one step; "
+                "count, for each step, the chance that it reveals at least one",
+            ),
+            (lambda n, s: s * (1 - 1 / s) ** n, "that counts the steps that reveal NOTHING"),
+            (
+                lambda n, s: n * (1 - (1 - 1 / n) ** s),
+                "tokens and steps are swapped: each TOKEN "
+                "picks a step, so sum over steps the chance that at least one token picked it",
+            ),
+        ]
+        for slip, hint in slips:
+            if all(
+                abs(g - slip(n, s)) <= 1e-6 * max(1.0, abs(slip(n, s)))
+                for g, (n, s) in zip(got, cases, strict=True)
+            ):
+                raise CheckFailed(hint + ".")
+        (n, s), g, w = next(
+            (c, g, w) for c, g, w in zip(cases, got, want, strict=True) if abs(g - w) > 1e-6 * w
+        )
+        raise CheckFailed(
+            f"for {n} tokens and {s} steps you returned {g:.4g}, expected {w:.4g}. Count, step "
+            "by step, the probability that it reveals at least one token, and add them up."
+        )
+
+    return run_check("expected_calls", SOLUTIONS, test)
+
+
 # -- exercise 4 (debug): a cached sampler that stops too soon ---------------------------------
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from course_lib.checks._core import CheckFailed, as_number, close, run_check
+from course_lib.checks.nb06_sampling import expected_cached_calls
 
 SOLUTIONS = "The solutions are in notebooks/solutions/07_evaluation_solutions.ipynb."
 
@@ -242,14 +243,6 @@ def check_parallel_tv(fn: Callable) -> bool:
 
 
 # -- exercise 4 (predict, then run): network calls of the cached ancestral sampler ------------
-
-
-def expected_cached_calls(n_positions: int, steps: int) -> float:
-    """Network calls per sequence of the cached ancestral sampler with an exact denoiser and
-    the log-linear schedule: one per step that reveals something. Each position's reveal step
-    is uniform over the steps, independently, so a step is used with probability
-    1 - (1 - 1/steps)^n_positions."""
-    return steps * (1 - (1 - 1 / steps) ** n_positions)
 
 
 def check_calls_prediction(prediction) -> bool:
