@@ -3,7 +3,7 @@ typical mistake is refused with the hint a TA would give."""
 
 import pytest
 import torch
-from exercise_helpers import assert_correct, assert_not_attempted
+from exercise_helpers import assert_correct, assert_not_attempted, right, stub
 
 from course_lib import checks, diffusion, sampling
 from course_lib.checks import CheckFailed
@@ -343,3 +343,45 @@ def test_threshold_commit_reference_is_the_samplers_rule():
         masked = before == V
         committed = masked & (after != V)
         assert torch.equal(committed, threshold_commit_reference(conf, masked, 0.6))
+
+
+# -- exercise 4 (debug): the block loop's missing commit -------------------------------------
+
+
+def _block_decode(model, length, block_len, steps_per_block, generator, *, commit=True, leak=False):
+    x = torch.full((1, length), model.mask_id)
+    schedule = diffusion.get_schedule("loglinear")
+    alphas = schedule.alpha(schedule.time_grid(steps_per_block)).tolist()
+    cache = model.new_cache(1)
+    for start in range(0, length, block_len):
+
+        def denoiser(ids):
+            return model(ids, cache=cache, update_cache=leak)
+
+        block, _, _ = sampling.confident_steps(
+            denoiser,
+            x[:, start : start + block_len],
+            alphas,
+            model.mask_id,
+            1.0,
+            generator,
+            kind="low_confidence",
+            threshold=None,
+            trajectory=None,
+        )
+        x[:, start : start + block_len] = block
+        if commit:
+            model(block, cache=cache)
+    return x
+
+
+def test_the_fixed_block_loop_passes_and_each_slip_is_named(capsys):
+    from functools import partial
+
+    assert right(checks.check_block_cache_fix(_block_decode))
+    assert "never enters the cache" in capsys.readouterr().out
+    assert not checks.check_block_cache_fix(stub)
+    with pytest.raises(checks.CheckFailed, match="first block is right"):
+        checks.check_block_cache_fix(partial(_block_decode, commit=False))
+    with pytest.raises(checks.CheckFailed, match="overflowed"):
+        checks.check_block_cache_fix(partial(_block_decode, leak=True))

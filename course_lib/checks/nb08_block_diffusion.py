@@ -475,3 +475,78 @@ def _test_threshold_commit(fn) -> str:
 def check_threshold_commit(fn: Callable) -> bool:
     """Check fn(conf, masked, tau) -> bool (B, L): masked & conf > tau, plus each row's best."""
     return run_check("threshold_commit", SOLUTIONS, lambda: _test_threshold_commit(fn))
+
+
+# -- exercise 4 (debug): a block loop that forgets its cache ---------------------------------
+
+
+def _tiny_block_model(seed: int):
+    from course_lib.model import ModelConfig, Transformer
+
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        vocab_size=12,
+        context_len=24,
+        n_layer=2,
+        n_head=2,
+        d_model=32,
+        attention="block_causal",
+        block_len=4,
+        position="rotary",
+    )
+    model = Transformer(config).eval()
+    with torch.no_grad():  # larger weights than at initialisation: tokens depend on context
+        for weight in model.parameters():
+            if weight.dim() >= 2:
+                weight.mul_(3)
+    return model
+
+
+def _test_block_cache_fix(fn) -> str:
+    from course_lib import sampling
+
+    for seed, steps in ((0, 4), (1, 2), (2, 4)):
+        model = _tiny_block_model(seed)
+        with torch.inference_mode():
+            try:
+                got = fn(model, 24, 4, steps, torch.Generator().manual_seed(seed))
+            except ValueError as err:
+                if "longer than the model's context" not in str(err):
+                    raise
+                raise CheckFailed(
+                    "the cache overflowed: the denoising steps wrote the block into the cache at "
+                    "every step. Keep update_cache=False while the block is still changing"
+                ) from err
+            want = sampling.sample_block_diffusion(
+                model,
+                length=24,
+                block_len=4,
+                steps_per_block=steps,
+                generator=torch.Generator().manual_seed(seed),
+            ).tokens
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            raise CheckFailed("return the (1, length) ids, like the colleague's function")
+        if torch.equal(got, want):
+            continue
+        if torch.equal(got[:, :4], want[:, :4]) and not torch.equal(got[:, 4:8], want[:, 4:8]):
+            raise CheckFailed(
+                "the first block is right and the second is not: when block 2 is denoised, "
+                "what does the cache hold? A finished block must be written into it (one "
+                "forward with update_cache left on) before the next block starts"
+            )
+        raise CheckFailed(
+            f"with seed {seed} and {steps} steps per block your tokens differ from "
+            "sample_block_diffusion's with the same seed. The denoising steps must see the "
+            "finished blocks through the cache, and the block being denoised must stay out of it"
+        )
+    return (
+        "Same tokens as sample_block_diffusion with the exact cache: each finished block is "
+        "committed with one forward, and the block being denoised never enters the cache."
+    )
+
+
+def check_block_cache_fix(fn: Callable) -> bool:
+    """Exercise 4 (debug). The fixed `block_decode(model, length, block_len, steps_per_block,
+    generator)` -> (1, length) ids: the same tokens as `sampling.sample_block_diffusion` with
+    its exact KV cache, same seed, on hidden tiny block-causal models."""
+    return run_check("block_cache_fix", SOLUTIONS, lambda: _test_block_cache_fix(fn))
