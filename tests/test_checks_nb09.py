@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from exercise_helpers import assert_correct, assert_not_attempted
+from exercise_helpers import assert_correct, assert_not_attempted, right
 
 from course_lib import checks
 from course_lib.checks import CheckFailed
@@ -249,3 +249,16 @@ def test_static_cache_write_stub_is_not_attempted(capsys):
 def test_static_cache_write_mistakes_get_their_hint(answer, hint):
     with pytest.raises(CheckFailed, match=hint):
         checks.check_static_cache_write(answer)
+
+
+def test_the_kv_cache_prediction_is_judged_against_the_measurement(capsys):
+    assert right(checks.check_kv_cache_prediction(2.2, 1.98, 4.27))
+    assert "x1.98" in capsys.readouterr().out
+    assert not checks.check_kv_cache_prediction(..., 1.98, 4.27)
+    for guess, hint in (
+        (4.0, "do not shrink with the positions"),
+        (1.1, "too low"),
+        (3.0, "too high"),
+    ):
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_kv_cache_prediction(guess, 1.98, 4.27)

@@ -384,3 +384,42 @@ def check_static_cache_write(fn: Callable) -> bool:
     """Check fn(cache, new, positions): new (B, H, T, D) written in place into cache
     (B, H, capacity, D) at positions (T,), without reading positions back."""
     return run_check("static_cache_write", SOLUTIONS, lambda: _test_cache_write(fn))
+
+
+# -- exercise 4 (predict, then run): what the KV cache buys ----------------------------------
+
+
+def check_kv_cache_prediction(prediction, measured_speedup, positions_factor) -> bool:
+    """Exercise 4 (predict, then run). `prediction`: the learner's speed-up of the kv_cache
+    stage over the reference, written before it was timed; `measured_speedup` the timed one,
+    `positions_factor` how many times fewer positions the cached forwards run. Right within
+    35% of the measurement (the point is the reasoning, not the decimals)."""
+
+    def test() -> str:
+        if prediction is ...:
+            raise NotImplementedError
+        guess = as_number(prediction, "prediction", finite=True)
+        measured = as_number(measured_speedup, "measured_speedup", finite=True)
+        factor = as_number(positions_factor, "positions_factor", finite=True)
+        if abs(guess - measured) <= 0.35 * measured:
+            return (
+                f"Measured x{measured:.2f} against your x{guess:.2f}: the network's share of "
+                "the step shrank, the sampler's own work did not, and a forward of a block "
+                "costs more than its share of positions."
+            )
+        if guess >= 0.9 * factor:
+            raise CheckFailed(
+                f"you predicted x{guess:.2f}, close to the {factor:.2f}x fewer positions; the "
+                f"run measured x{measured:.2f}. Two things do not shrink with the positions: "
+                "the sampler's own work between forwards (Amdahl: only the network's share "
+                "gets faster) and each forward's fixed cost, which a 16-position forward pays "
+                "in full (notebook 00)"
+            )
+        direction = "too high" if guess > measured else "too low"
+        raise CheckFailed(
+            f"you predicted x{guess:.2f}, {direction}: the run measured x{measured:.2f}. Put "
+            "the network's share of the reference (section 3) and the timed forwards of the "
+            "cell above into Amdahl's law (exercise 1)"
+        )
+
+    return run_check("kv_cache_prediction", SOLUTIONS, test)
