@@ -451,15 +451,22 @@ def test_the_unweighted_loss_ablation_needs_the_right_schedule_and_prediction(ca
 
 
 @pytest.mark.parametrize(
-    "c, hint",
-    [(1, "log-linear"), (4 / math.pi, "chain rule"), (math.pi, "substitute"), (3, "not it")],
+    "wrong, hint",
+    [
+        (lambda a, p: -math.log(p), "dropped the factor a"),
+        (lambda a, p: a * -math.log2(p), "nats"),
+        (lambda a, p: a * math.log(p), "the sign"),
+        (lambda a, p: -a * math.log(a * p), "the a cancels"),
+        (lambda a, p: -(1 - a) * math.log(p), "staying masked"),
+        (lambda a, p: 1.0, "sum q log"),
+    ],
 )
-def test_a_wrong_cosine_weight_constant_gets_its_hint(c, hint):
+def test_a_wrong_masked_step_kl_gets_its_hint(wrong, hint):
     with pytest.raises(checks.CheckFailed, match=hint):
-        checks.check_cosine_weight_constant(c)
+        checks.check_masked_step_kl(wrong)
 
 
-def test_the_cosine_weight_constant_is_two(capsys):
-    assert right(checks.check_cosine_weight_constant(2))
-    assert "2.00000" in capsys.readouterr().out
-    assert not checks.check_cosine_weight_constant(...)
+def test_the_masked_step_kl_is_the_reveal_probability_times_a_cross_entropy(capsys):
+    assert right(checks.check_masked_step_kl(lambda a, p: -a * math.log(p)))
+    assert "mask terms cancel" in capsys.readouterr().out
+    assert not checks.check_masked_step_kl(stub)

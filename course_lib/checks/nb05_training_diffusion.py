@@ -6,6 +6,8 @@
 - `check_low_discrepancy_times(sample_times)`: sample_times(batch_size, generator, time_eps)
   -> one time per sequence, exactly one in each of batch_size equal strata of [time_eps, 1],
   each uniform on its own (`diffusion.sample_times`).
+- `check_masked_step_kl(fn)` (derive) and `check_unweighted_loss(prediction, schedule)`
+  (ablate): the KL of one reverse step at a masked position, and the loss without its weight.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ SOLUTIONS = "The solutions are in notebooks/solutions/05_training_diffusion_solu
 _close = functools.partial(close, rtol=1e-5, atol=1e-7)
 
 
-# -- exercise 1: the loss of one batch -------------------------------------------------------
+# -- exercise 2: the loss of one batch ------------------------------------------------------------
 
 _VOCAB, _LENGTH, _BATCH = 5, 12, 8  # tokens 0..4, mask id 5
 
@@ -232,7 +234,7 @@ def check_diffusion_loss(diffusion_loss: Callable) -> bool:
     return run_check("diffusion_loss", SOLUTIONS, lambda: _test_diffusion_loss(diffusion_loss))
 
 
-# -- exercise 2: low-discrepancy times -------------------------------------------------------
+# -- exercise 4: low-discrepancy times ------------------------------------------------------------
 
 
 def _call_times(sample_times: Callable, batch_size: int, seed: int, time_eps: float):
@@ -316,7 +318,7 @@ def check_low_discrepancy_times(sample_times: Callable) -> bool:
     )
 
 
-# -- exercise 3 (ablate): drop the weight ----------------------------------------------------
+# -- exercise 3 (ablate): drop the weight ---------------------------------------------------------
 
 
 def _unweighted_case(schedule: diffusion.Schedule) -> tuple[float, float, float]:
@@ -385,38 +387,57 @@ def check_unweighted_loss(prediction, schedule) -> bool:
     return run_check("unweighted_loss", SOLUTIONS, test)
 
 
-# -- exercise 4 (derive): the cosine weight near t = 0 ---------------------------------------
+# -- exercise 1 (derive): the KL of one step at a masked position ---------------------------------
 
 
-def check_cosine_weight_constant(c) -> bool:
-    """Exercise 4 (derive). Near t = 0 the cosine schedule's weight behaves like c / t; `c`
-    is the learner's derived constant (the log-linear schedule's is 1)."""
+def check_masked_step_kl(fn: Callable) -> bool:
+    """Exercise 1 (derive). fn(a, p_clean) -> KL(q || p_theta) in nats at one masked position
+    for one reverse step: q reveals the clean token with probability a and keeps the mask
+    otherwise; p_theta reveals with the same probability a, drawing the token from its
+    categorical, which gives the clean token probability p_clean."""
+    cases = [(0.3, 0.25), (0.05, 0.9), (1.0, 0.5), (0.5, 1.0), (0.01, 0.001)]
 
     def test() -> str:
-        if c is ...:
-            raise NotImplementedError
-        value = as_number(c, "c")
-        if abs(value - 2.0) < 1e-3:
-            t = 1e-4
-            w = diffusion.get_schedule("cosine").weight(torch.tensor(t, dtype=torch.float64))
+        got = [as_number(fn(a, p), f"fn({a}, {p})") for a, p in cases]
+        want = [a * -math.log(p) for a, p in cases]
+        if all(_close(g, w) for g, w in zip(got, want, strict=True)):
             return (
-                f"t * w(t) at t = {t:g}: {t * w.item():.5f}. Twice the log-linear weight near "
-                "0, so the cosine schedule's estimate is noisier there: one more reason to "
-                "start the times at TIME_EPS."
+                "KL = a * (-log p_theta(clean token)): the mask terms cancel, and only the "
+                "chance of revealing the right token is compared. Summed over the steps, "
+                "the a's become the weight w(t) dt of the loss below."
             )
-        hints = {
-            1.0: "that is the log-linear schedule's constant, or you dropped the 1/2 of "
-            "1 - cos(x) ~ x^2 / 2",
-            4 / math.pi: "alpha'(t) = -(pi / 2) sin(pi t / 2): the chain rule brings the "
-            "factor pi / 2, which your derivative lost",
-            math.pi: "you stopped at pi / x with x = pi t / 2: substitute x to get c / t",
-        }
-        for wrong, hint in hints.items():
-            if abs(value - wrong) < 1e-3:
-                raise CheckFailed(f"c = {value:g}: {hint}.")
+        slips = [
+            (
+                lambda a, p: -math.log(p),
+                "you dropped the factor a: the comparison happens only "
+                "when the step reveals the position, which has probability a under both",
+            ),
+            (lambda a, p: a * -math.log2(p), "the course's KL is in nats: natural log"),
+            (
+                lambda a, p: a * math.log(p),
+                "the sign: KL(q || p) = sum q log(q / p), and q puts "
+                "a on the clean token where p_theta puts a * p_clean",
+            ),
+            (
+                lambda a, p: -a * math.log(a * p),
+                "inside the log, q / p_theta = a / (a * p_clean): "
+                "the a cancels there (both reveal with probability a)",
+            ),
+            (
+                lambda a, p: -(1 - a) * math.log(p),
+                "a is the probability of revealing; 1 - a "
+                "is staying masked, where both sides agree and cost nothing",
+            ),
+        ]
+        for slip, hint in slips:
+            if all(_close(g, slip(a, p)) for g, (a, p) in zip(got, cases, strict=True)):
+                raise CheckFailed(hint + ".")
+        (a, p), g, w = next(
+            (c, g, w) for c, g, w in zip(cases, got, want, strict=True) if not _close(g, w)
+        )
         raise CheckFailed(
-            f"c = {value:g} is not it. Expand both for small t: sin(x) ~ x and 1 - cos(x) ~ "
-            "x^2 / 2 with x = pi t / 2, then simplify -alpha'(t) / (1 - alpha(t))."
+            f"for a = {a} and p_clean = {p} you returned {g:.6g}, expected {w:.6g}. Write q and "
+            "p_theta as two distributions over {each token, the mask} and sum q log(q / p)."
         )
 
-    return run_check("cosine_weight_constant", SOLUTIONS, test)
+    return run_check("masked_step_kl", SOLUTIONS, test)
