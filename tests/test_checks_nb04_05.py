@@ -470,3 +470,29 @@ def test_the_masked_step_kl_is_the_reveal_probability_times_a_cross_entropy(caps
     assert right(checks.check_masked_step_kl(lambda a, p: -a * math.log(p)))
     assert "mask terms cancel" in capsys.readouterr().out
     assert not checks.check_masked_step_kl(stub)
+
+
+# -- notebook 04, exercise 2 (derive) and exercise 4 (predict, then run) ----------------------
+
+
+def test_the_half_masked_time_and_its_slips(capsys):
+    assert right(checks.check_half_masked_time(2 / 3))
+    assert "t = 2/3" in capsys.readouterr().out
+    assert not checks.check_half_masked_time(...)
+    for value, hint in ((0.5, "log-linear"), (math.pi / 3, "solve for t"), (0.8, "69.1%")):
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_half_masked_time(value)
+
+
+def test_the_mask_count_prediction_and_its_slips(capsys):
+    assert right(checks.check_mask_count_prediction(5.5, 5.65))
+    assert "binomial" in capsys.readouterr().out
+    assert not checks.check_mask_count_prediction(..., 5.65)
+    for value, hint in (
+        (0, "the count varies"),
+        (64, "mean count"),
+        (8, "Poisson"),
+        (3, "variance"),
+    ):
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_mask_count_prediction(value, 5.65)

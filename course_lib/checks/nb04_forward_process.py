@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from course_lib.checks._core import CheckFailed, run_check
+from course_lib.checks._core import CheckFailed, as_number, run_check
 from course_lib.diffusion import CosineSchedule, LogLinearSchedule
 
 SOLUTIONS = "The solutions are in notebooks/solutions/04_forward_process_solutions.ipynb."
@@ -121,7 +121,7 @@ def check_cosine_schedule(alpha: Callable, alpha_prime: Callable) -> bool:
     )
 
 
-# -- exercise 2: corrupt ---------------------------------------------------------------------
+# -- exercise 3: corrupt ---------------------------------------------------------------------
 
 _VOCAB = 20  # the check's tokens are 0..19, its mask id is 20
 _T_HINT = (
@@ -268,3 +268,79 @@ def _test_corrupt(corrupt: Callable) -> str:
 def check_corrupt(corrupt: Callable) -> bool:
     """Check corrupt(x0, t, alpha, mask_id, generator) -> x_t ~ q(x_t | x0)."""
     return run_check("corrupt", SOLUTIONS, lambda: _test_corrupt(corrupt))
+
+
+# -- exercise 2 (derive): when is half of the text masked? ----------------------------------
+
+
+def check_half_masked_time(t_half) -> bool:
+    """Exercise 2 (derive). `t_half`: the time at which the cosine schedule, alpha(t) =
+    cos(pi t / 2), has masked half of the tokens on average."""
+
+    def test() -> str:
+        if t_half is ...:
+            raise NotImplementedError
+        value = as_number(t_half, "t_half")
+        if abs(value - 2 / 3) < 1e-3:
+            return (
+                "cos(pi t / 2) = 1/2 at pi t / 2 = pi / 3, so t = 2/3: the cosine schedule "
+                "keeps more text for longer than the log-linear one (t = 1/2), and masks the "
+                "rest late."
+            )
+        hints = {
+            0.5: "that is the log-linear schedule's answer (alpha(t) = 1 - t); here "
+            "alpha(t) = cos(pi t / 2)",
+            math.pi / 3: "pi / 3 is the angle pi t / 2, not t: solve for t",
+            1 / 3: "at t = 1/3 the cosine schedule has masked 1 - cos(pi / 6), about 13%: "
+            "half is later",
+        }
+        for wrong, hint in hints.items():
+            if abs(value - wrong) < 1e-3:
+                raise CheckFailed(f"t_half = {value:.4g}: {hint}.")
+        fraction = 1 - math.cos(math.pi * value / 2)
+        raise CheckFailed(
+            f"at t = {value:.4g} the cosine schedule masks {fraction:.1%} of the tokens on "
+            "average, not 50%: solve 1 - alpha(t) = 1/2"
+        )
+
+    return run_check("half_masked_time", SOLUTIONS, test)
+
+
+# -- exercise 4 (predict, then run): how much the number of masks varies ---------------------
+
+
+def check_mask_count_prediction(prediction, measured_std) -> bool:
+    """Exercise 4 (predict, then run). `prediction`: the standard deviation of the number of
+    masks in a window of 128 tokens at t = 0.5 (log-linear), written before the measurement;
+    right within 15% of the exact sqrt(L alpha (1 - alpha)). `measured_std`: the notebook's."""
+
+    def test() -> str:
+        if prediction is ...:
+            raise NotImplementedError
+        guess = as_number(prediction, "prediction")
+        exact = math.sqrt(128 * 0.5 * 0.5)
+        measured = as_number(measured_std, "measured_std")
+        if abs(guess - exact) <= 0.15 * exact:
+            return (
+                f"Exactly sqrt(L alpha (1 - alpha)) = {exact:.2f}; measured {measured:.2f}. "
+                "Each token is its own coin flip, so the count is binomial."
+            )
+        if guess < 0.5:
+            raise CheckFailed(
+                f"measured {measured:.2f}: the count varies. q masks each token by its own coin "
+                "flip, independently, so the number of masks is a sum of 128 coin flips, not a "
+                "fixed 64"
+            )
+        if abs(guess - 64) < 1:
+            raise CheckFailed("64 is the mean count, L (1 - alpha); the question is its spread")
+        if abs(guess - 8) < 0.2:
+            raise CheckFailed(
+                "sqrt(64) takes the variance to be the mean (a Poisson count); a sum of L coin "
+                "flips with probability p has variance L p (1 - p)"
+            )
+        raise CheckFailed(
+            f"measured {measured:.2f}, against your {guess:g}: the count is a sum of 128 "
+            "independent coin flips with probability 1/2; what is the variance of such a sum?"
+        )
+
+    return run_check("mask_count_prediction", SOLUTIONS, test)
