@@ -195,7 +195,9 @@ def default_settings(
         block = config.block_len or config.context_len
         steps = [block // k for k in tokens_per_step if block % k == 0 and k <= block]
         # block-causal models: each setting also with the commit fused into the next forward
-        commits = [{}, {"fuse_commit": True}] if config.attention == "block_causal" else [{}]
+        # (the fast sampler, which fuses, does not yet decode a next-token-shift model)
+        fusable = config.attention == "block_causal" and not config.next_token_shift
+        commits = [{}, {"fuse_commit": True}] if fusable else [{}]
         for commit in commits:
             settings += [
                 Setting(
@@ -233,7 +235,7 @@ def draw_samples(
     setting: Setting, models: dict[str, Transformer], n_samples: int, seed: int = 0
 ) -> Draws:
     """Sample `n_samples` sequences, one call each, after one untimed warm-up call."""
-    from course_lib import fast, speculative
+    from course_lib import fast, sampling, speculative
 
     model = models[setting.model]
     device, _ = device_and_dtype(model)
@@ -259,6 +261,23 @@ def draw_samples(
                 model, draft, prompt=prompt, n_tokens=L - 1, generator=generator, **knobs
             )
             return out.tokens[0], out.n_tokens, out.target_forwards, out.draft_forwards
+
+        prompt_len = 1
+    elif model.config.next_token_shift:  # the reference block sampler, from a newline
+        prompt = torch.ones(1, dtype=torch.long, device=device)
+        block_len = model.config.block_len
+
+        def call(generator):
+            out = sampling.sample_block_diffusion(
+                model,
+                length=L,
+                block_len=block_len,
+                strategy=setting.sampler,
+                prompt=prompt,
+                generator=generator,
+                **knobs,
+            )
+            return out.tokens[0], out.n_generated, out.nfe, 0
 
         prompt_len = 1
     else:
@@ -366,6 +385,11 @@ def measure_row(
         "tokens": draws.n_tokens,
         "forwards": draws.forwards,
     }
+    if models[setting.model].config.next_token_shift:
+        row["implementation"] = (
+            "reference sampling.sample_block_diffusion with the exact KV cache (the fast "
+            "sampler does not yet decode next-token-shift models): tokens/s understated"
+        )
     if draws.draft_forwards:
         row["draft_forwards"] = draws.draft_forwards
     row |= judge_quality(

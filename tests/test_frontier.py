@@ -204,3 +204,34 @@ def test_the_verdict_can_be_recomputed_from_a_file(tmp_path, capsys):
 def test_the_command_names_the_missing_checkpoints(capsys):
     assert cli.main(["frontier", "--judge", "no-such-judge"]) == 2
     assert "no-such-judge" in capsys.readouterr().err
+
+
+def test_a_next_token_shift_model_gets_rows_from_the_reference_sampler():
+    torch.manual_seed(5)
+    config = ModelConfig(
+        context_len=16,
+        n_layer=1,
+        n_head=2,
+        d_model=32,
+        attention="block_causal",
+        block_len=4,
+        position="rotary",
+        next_token_shift=True,
+    )
+    models = {"ar": _tiny(seed=1), "shift": Transformer(config).eval()}
+    settings = frontier.default_settings(
+        {"shift": config}, ar="ar", draft=None, tokens_per_step=(1, 4), thresholds=(0.5,)
+    )
+    shifted = [s for s in settings if s.model == "shift"]
+    assert shifted and not any(s.setting.get("fuse_commit") for s in shifted)  # cannot fuse
+    tokenizer = data.CharTokenizer()
+    for setting in shifted:
+        row = frontier.measure_row(
+            setting, models, models["ar"], n_samples=2, train_text="x", decode=tokenizer.decode
+        )
+        assert "reference" in row["implementation"]
+        # a newline prompt, then 15 tokens; the last block decodes 3 targets
+        assert row["tokens"] == 2 * 15
+        if (setting.sampler, setting.setting["steps_per_block"]) == ("confidence", 1):
+            # one step per block and a commit per block but the last: 4 + 3 forwards per sample
+            assert row["forwards"] == 2 * 7
