@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from exercise_helpers import assert_correct, assert_not_attempted
+from exercise_helpers import assert_correct, assert_not_attempted, right, stub
 
 from course_lib import checks
 from course_lib.checks import CheckFailed
@@ -207,3 +207,31 @@ def test_temperature_stub_is_not_attempted(capsys):
 def test_temperature_mistakes_get_their_hint(answer, hint):
     with pytest.raises(CheckFailed, match=hint):
         checks.check_temperature_probs(answer)
+
+
+# -- exercise 3 (derive) and exercise 4 (predict, then run) ----------------------------------
+
+
+def test_the_kv_cache_bytes_match_new_cache_and_slips_get_their_hint(capsys):
+    assert right(checks.check_kv_cache_bytes(lambda L, d, n, b, s: 2 * L * d * n * b * s))
+    assert "2 GiB" in capsys.readouterr().out
+    assert not checks.check_kv_cache_bytes(stub)
+    for wrong, hint in (
+        (lambda L, d, n, b, s: L * d * n * b * s, "key AND a value"),
+        (lambda L, d, n, b, s: 2 * d * n * b * s, "every layer"),
+        (lambda L, d, n, b, s: 2 * L * d * n * s, "every sequence"),
+        (lambda L, d, n, b, s: 2 * L * d * n * b, "not bytes"),
+        (lambda L, d, n, b, s: 1, "one layer store"),
+    ):
+        with pytest.raises(CheckFailed, match=hint):
+            checks.check_kv_cache_bytes(wrong)
+
+
+def test_the_cache_speedup_prediction_is_judged_against_the_measurement(capsys):
+    assert right(checks.check_cache_speedup_prediction(3.5, 3.9))
+    assert "x3.9" in capsys.readouterr().out
+    assert not checks.check_cache_speedup_prediction(..., 3.9)
+    with pytest.raises(CheckFailed, match="you counted positions"):
+        checks.check_cache_speedup_prediction(60, 3.9)
+    with pytest.raises(CheckFailed, match="prefix still costs"):
+        checks.check_cache_speedup_prediction(1.2, 3.9)

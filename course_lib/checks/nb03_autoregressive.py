@@ -283,3 +283,94 @@ def _test_temperature_probs(fn) -> str:
 def check_temperature_probs(fn: Callable) -> bool:
     """Check fn(logits, temperature) -> softmax(logits / temperature) over the last dimension."""
     return run_check("temperature_probs", SOLUTIONS, lambda: _test_temperature_probs(fn))
+
+
+# -- exercise 4 (derive): the KV cache's size -------------------------------------------------
+
+
+def check_kv_cache_bytes(fn: Callable) -> bool:
+    """Exercise 4 (derive). fn(n_layer, d_model, n_positions, batch_size, bytes_per_value) ->
+    the bytes a full KV cache holds: every layer keeps a key and a value vector of d_model
+    numbers for every position of every sequence. Checked on hidden shapes, one of them
+    against the buffers `Transformer.new_cache` really allocates."""
+    from course_lib.model import ModelConfig, Transformer
+
+    cases = [(4, 256, 128, 1, 4), (32, 4096, 4096, 1, 2), (24, 2048, 2048, 8, 2), (2, 64, 16, 3, 8)]
+
+    def test() -> str:
+        got = [as_number(fn(*c), f"fn{c}") for c in cases]
+        want = [2 * n_layer * d * n * b * s for n_layer, d, n, b, s in cases]
+        if all(close(g, w) for g, w in zip(got, want, strict=True)):
+            config = ModelConfig(n_layer=3, d_model=64, n_head=4, context_len=32)
+            cache = Transformer(config).new_cache(2)
+            allocated = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
+            mine = as_number(fn(3, 64, 32, 2, 4), "fn(3, 64, 32, 2, 4)")
+            if not close(mine, allocated):
+                raise CheckFailed(
+                    f"new_cache(2) of a 3-layer, d=64, 32-position float32 model allocates "
+                    f"{allocated:,} bytes; your function says {mine:,.0f}"
+                )
+            seven_b = want[1] / 2**30
+            return (
+                f"A 7B-shaped model (32 layers, d=4096) keeps {seven_b:.0f} GiB for one sequence "
+                "of 4,096 positions in bfloat16: at long contexts and large batches the cache, "
+                "not the weights, fills the memory, and every decode step reads it."
+            )
+        slips = [
+            (
+                lambda L, d, n, b, s: L * d * n * b * s,
+                "a layer keeps two vectors per position: a key AND a value",
+            ),
+            (lambda L, d, n, b, s: 2 * d * n * b * s, "every layer has its own keys and values"),
+            (
+                lambda L, d, n, b, s: 2 * L * d * n * s,
+                "every sequence of the batch has its own cache",
+            ),
+            (
+                lambda L, d, n, b, s: 2 * L * d * n * b,
+                "you counted numbers, not bytes: multiply by bytes_per_value",
+            ),
+        ]
+        for slip, hint in slips:
+            if all(close(g, slip(*c)) for g, c in zip(got, cases, strict=True)):
+                raise CheckFailed(hint + ".")
+        case, g, w = next(
+            (c, g, w) for c, g, w in zip(cases, got, want, strict=True) if not close(g, w)
+        )
+        raise CheckFailed(
+            f"for (n_layer, d_model, n_positions, batch_size, bytes_per_value) = {case} you "
+            f"returned {g:,.0f} bytes, expected {w:,}. What does one layer store per position?"
+        )
+
+    return run_check("kv_cache_bytes", SOLUTIONS, test)
+
+
+# -- exercise 5 (predict, then run): what the cache buys here ---------------------------------
+
+
+def check_cache_speedup_prediction(prediction, measured_speedup) -> bool:
+    """Exercise 5 (predict, then run). `prediction`: the KV cache's speed-up when generating
+    120 characters, written before the timing; right within 40% of `measured_speedup`."""
+
+    def test() -> str:
+        if prediction is ...:
+            raise NotImplementedError
+        guess = as_number(prediction, "prediction")
+        measured = as_number(measured_speedup, "measured_speedup")
+        if abs(guess - measured) <= 0.4 * measured:
+            return (
+                f"Measured x{measured:.1f}: far less than the positions saved. A forward over a "
+                "few dozen positions costs barely more than one over a single position here."
+            )
+        if guess > 3 * measured:
+            raise CheckFailed(
+                f"measured x{measured:.1f}, against your x{guess:g}: you counted positions. "
+                "Notebook 00 timed a forward over many positions against one over a single "
+                "position: at these sizes time grows far more slowly than positions"
+            )
+        raise CheckFailed(
+            f"measured x{measured:.1f}, against your x{guess:g}. The cache saves positions, and "
+            "a long prefix still costs something; see notebook 00's forward timings"
+        )
+
+    return run_check("cache_speedup_prediction", SOLUTIONS, test)
