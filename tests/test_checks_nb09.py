@@ -262,3 +262,37 @@ def test_the_kv_cache_prediction_is_judged_against_the_measurement(capsys):
     ):
         with pytest.raises(checks.CheckFailed, match=hint):
             checks.check_kv_cache_prediction(guess, 1.98, 4.27)
+
+
+def test_the_fixed_timer_passes_and_each_planted_flaw_is_named(capsys):
+    import statistics
+
+    def fixed(fn, repeats, clock):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = clock()
+            fn()
+            times.append(clock() - start)
+        return statistics.median(times)
+
+    def colleagues(fn, repeats, clock):
+        start = clock()
+        for _ in range(repeats):
+            fn()
+        return (clock() - start) / repeats
+
+    def warm_mean(fn, repeats, clock):
+        fn()
+        start = clock()
+        for _ in range(repeats):
+            fn()
+        return (clock() - start) / repeats
+
+    assert right(checks.check_timer_fix(fixed))
+    assert "bench.time_fn" in capsys.readouterr().out
+    assert not checks.check_timer_fix(lambda *a: (_ for _ in ()).throw(NotImplementedError))
+    with pytest.raises(CheckFailed, match="first call"):
+        checks.check_timer_fix(colleagues)
+    with pytest.raises(CheckFailed, match="median"):
+        checks.check_timer_fix(warm_mean)

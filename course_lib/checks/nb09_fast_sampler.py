@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 
 import torch
@@ -423,3 +424,62 @@ def check_kv_cache_prediction(prediction, measured_speedup, positions_factor) ->
         )
 
     return run_check("kv_cache_prediction", SOLUTIONS, test)
+
+
+# -- exercise 5 (debug): a timer that flatters nobody ------------------------------------------
+
+
+class _FakeRun:
+    """A call whose cost is scripted on a fake clock: a slow first call (allocation,
+    compilation), steady calls after it, and one slow call in the middle (another process)."""
+
+    def __init__(self, costs):
+        self.now, self.costs, self.calls = 0.0, list(costs), 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self) -> None:
+        self.now += self.costs[min(self.calls, len(self.costs) - 1)]
+        self.calls += 1
+
+
+def _test_timer_fix(fn) -> str:
+    steady = 0.010
+    scripts = [
+        [0.500, steady, steady, 0.080, steady, steady, steady, steady, steady],
+        [2.000, 0.020, 0.021, 0.019, 0.300, 0.020, 0.020, 0.020, 0.020],
+    ]
+    for costs in scripts:
+        run = _FakeRun(costs)
+        got = as_number(fn(run, 5, run.clock), "seconds_per_call")
+        want = statistics.median(costs[1:6])  # after the warm-up call, 5 timed calls
+        if abs(got - want) <= 0.05 * want:
+            continue
+        first_in = (sum(costs[:5]) / 5, statistics.median(costs[:5]))
+        if any(abs(got - f) <= 1e-9 for f in first_in):
+            raise CheckFailed(
+                f"the first call ({costs[0] * 1e3:.0f} ms on this fake clock: allocation, "
+                "compilation) is inside your timing. Call fn once before you start the clock"
+            )
+        if abs(got - sum(costs[1:6]) / 5) <= 1e-9:
+            raise CheckFailed(
+                "warm-up excluded, but one slow call (another process took the core) moves "
+                "your mean: report the median of the timed calls, as bench.time_fn does"
+            )
+        raise CheckFailed(
+            f"on a scripted run whose steady calls take {costs[1] * 1e3:.0f} ms you returned "
+            f"{got * 1e3:.1f} ms; time each call on its own, after one warm-up call, and "
+            "return the median"
+        )
+    return (
+        "One warm-up call outside the clock, each call timed on its own, the median: the "
+        "protocol of bench.time_fn (which also synchronises the device before reading the clock)."
+    )
+
+
+def check_timer_fix(fn: Callable) -> bool:
+    """Exercise 5 (debug). The fixed `seconds_per_call(fn, repeats, clock)`: one untimed
+    warm-up call, then `repeats` calls each timed on its own, and their median. Checked on
+    scripted runs on a fake clock (a slow first call, one slow call among the timed ones)."""
+    return run_check("timer_fix", SOLUTIONS, lambda: _test_timer_fix(fn))
