@@ -67,3 +67,13 @@ def test_the_check_uses_real_gradients():
     (full,) = torch.autograd.grad(((x @ w) ** 2).mean(), w)
     parts = [torch.autograd.grad(((x[i : i + 2] @ w) ** 2).mean(), w)[0] for i in range(0, 8, 2)]
     assert torch.allclose(sum(parts) / 4, full, atol=1e-6)
+
+
+def test_the_two_process_prediction_is_judged_against_the_runs(capsys):
+    assert right(checks.check_two_process_prediction("rounding", 1.2e-7))
+    assert right(checks.check_two_process_prediction("identical", 0.0))
+    assert "rounding" in capsys.readouterr().out
+    assert not_yet(checks.check_two_process_prediction(..., 1.2e-7))
+    for guess, hint in (("identical", "not associative"), ("noise", "same seed"), ("?", "one of")):
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_two_process_prediction(guess, 1.2e-7)

@@ -82,3 +82,54 @@ def check_average_gradients(average_gradients) -> bool:
         return "The average of the shards' gradients is the whole batch's gradient."
 
     return run_check("average_gradients", SOLUTION, test)
+
+
+# -- exercise 3 (predict, then run): two processes against one -------------------------------
+
+_CHOICES = {
+    "identical": "bit for bit the same validation losses",
+    "rounding": "the same up to floating-point rounding (differences around 1e-7)",
+    "noise": "different at the second or third decimal, like two runs with different seeds",
+}
+
+
+def check_two_process_prediction(prediction, largest_difference) -> bool:
+    """Exercise 3 (predict, then run). `prediction`, one of "identical", "rounding", "noise":
+    how the validation losses of one and two processes will compare, chosen before the runs;
+    `largest_difference`: the largest |difference| the runs then measured."""
+
+    def test() -> str:
+        if prediction is ...:
+            raise NotImplementedError
+        if prediction not in _CHOICES:
+            raise CheckFailed(f"prediction should be one of {sorted(_CHOICES)}, got {prediction!r}")
+        worst = float(largest_difference)
+        measured = "identical" if worst == 0 else "rounding" if worst < 1e-4 else "noise"
+        if prediction == "rounding" and measured in ("identical", "rounding"):
+            return (
+                f"Largest difference {worst:.1e}. Same data, same seeds, the same averaged "
+                "gradient: only the order of the additions in the all-reduce differs, and "
+                "float additions in another order round differently."
+            )
+        if prediction == "identical" and worst == 0:
+            return (
+                "Bit-identical this time; in general expect rounding differences: the "
+                "all-reduce adds the shards' sums in another order, and float addition is not "
+                "associative."
+            )
+        if prediction == "identical":
+            raise CheckFailed(
+                f"measured a largest difference of {worst:.1e}. The averaged gradient is the "
+                "same sum computed in another order (each process sums its shard, then the "
+                "all-reduce adds the shards), and float addition is not associative: expect "
+                "rounding differences, which can also happen to cancel at some steps"
+            )
+        if prediction == "noise":
+            raise CheckFailed(
+                f"measured a largest difference of {worst:.1e}: the runs are not two different "
+                "experiments. Every process draws the same global batch from the same seed "
+                "and keeps its shard, and the averaged gradient equals the whole batch's"
+            )
+        raise CheckFailed(f"measured {worst:.1e}, which is not what {prediction!r} says")
+
+    return run_check("two_process_prediction", SOLUTION, test)
