@@ -379,3 +379,20 @@ def test_the_shared_number_helpers_take_numbers_and_one_element_tensors_only():
         as_number(float("nan"), "x", finite="log")
     assert close(1.0, 1.0 + 1e-9) and not close(1.0, 1.1) and not close("a", 1.0)
     assert close(0.0, 1e-8, atol=1e-7) and not close(0.0, 1e-8)
+
+
+def test_the_score_variance_prediction_and_its_slips(capsys):
+    from exercise_helpers import not_yet, right
+
+    assert right(checks.check_score_variance_prediction((64, 1), (64.0, 1.0)))
+    assert "Measured 64.0" in capsys.readouterr().out
+    assert not_yet(checks.check_score_variance_prediction(..., (64.0, 1.0)))
+    for guess, hint in (
+        ((8, 1), "standard deviation"),
+        ((1, 1), "variances add"),
+        ((64, 8), "c\\^2"),
+        ((10, 2), "independent terms"),
+        (64, "a pair"),
+    ):
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_score_variance_prediction(guess, (64.0, 1.0))

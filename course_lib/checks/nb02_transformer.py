@@ -303,3 +303,45 @@ def _param_cases(count_params: Callable) -> str:
 def check_param_count(count_params: Callable) -> bool:
     """Check `count_params(config) -> int` against Transformer(config).num_params()."""
     return run_check("parameter count", SOLUTIONS, lambda: _param_cases(count_params))
+
+
+# -- exercise 1 (predict, then run): why divide by sqrt(d) ------------------------------------
+
+
+def check_score_variance_prediction(prediction, measured) -> bool:
+    """Exercise 1 (predict, then run). `prediction`: (variance of q.k, variance of
+    q.k / sqrt(d)) for d = 64 and q, k with independent unit-variance entries, written before
+    the run; `measured`: the same pair, measured. Right within 15% of the exact (64, 1)."""
+
+    def test() -> str:
+        if prediction is ...:
+            raise NotImplementedError
+        if not isinstance(prediction, tuple | list) or len(prediction) != 2:
+            raise CheckFailed("prediction should be a pair: (variance of q.k, of q.k / sqrt(d))")
+        unscaled, scaled = (float(x) for x in prediction)
+        seen = f"measured {float(measured[0]):.1f} and {float(measured[1]):.2f}"
+        if abs(unscaled - 64) <= 0.15 * 64 and abs(scaled - 1) <= 0.15:
+            return (
+                f"M{seen[1:]}. A sum of d independent products, each of variance 1, has variance d; "
+                "dividing by sqrt(d) divides the variance by d."
+            )
+        if abs(unscaled - 8) < 1 and abs(scaled - 1) <= 0.15:
+            raise CheckFailed(
+                f"{seen}: 8 = sqrt(64) is the standard deviation of q.k. Variances of "
+                "independent terms add: d terms of variance 1 give variance d"
+            )
+        if abs(unscaled - 1) < 0.15:
+            raise CheckFailed(
+                f"{seen}: each product q_i k_i has variance 1, and q.k adds up d = 64 of them, "
+                "independent, so their variances add"
+            )
+        if abs(unscaled - 64) <= 0.15 * 64 and abs(scaled - 8) < 1:
+            raise CheckFailed(
+                f"{seen}: dividing a variable by c divides its variance by c^2: by d, not sqrt(d)"
+            )
+        raise CheckFailed(
+            f"{seen}, against your ({unscaled:g}, {scaled:g}). How does the variance of a sum "
+            "of independent terms grow with their number, and what does scaling by 1/c do to it?"
+        )
+
+    return run_check("score_variance_prediction", SOLUTIONS, test)
