@@ -144,3 +144,21 @@ def test_no_notebook_prints_a_whole_function_of_more_than_40_lines(notebook):
             if n > 40:
                 long.append(f"cell {index}: {match[1]} ({n} lines)")
     assert not long, long
+
+
+def test_each_notebook_states_the_time_its_length_gives():
+    """The times in the notebooks and the README follow scripts/notebook_time.py's rule."""
+    from script_helpers import load_script
+
+    rule = load_script("notebook_time")
+    readme = (env.REPO_ROOT / "README.md").read_text()
+    for path in sorted((env.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        minutes = rule.measure(path)["minutes"]
+        intro = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        stated = re.search(r"\*\*(?:Estimated time|Time):?\*\*:? about (\d+) minutes", intro)
+        assert stated, f"{path.name} states no time"
+        row = re.search(rf"^\| {path.name[:2]} \|[^|]+\|[^|]+\| (\d+) min \|", readme, re.M)
+        assert row, f"the README's table has no time for {path.name}"
+        # a 15-minute margin: prose edits move the rule's number before anyone re-rounds it
+        for where, value in (("notebook", int(stated[1])), ("README", int(row[1]))):
+            assert abs(value - minutes) <= 15, f"{path.name}: {where} says {value}, rule {minutes}"
