@@ -77,3 +77,25 @@ def test_the_two_process_prediction_is_judged_against_the_runs(capsys):
     for guess, hint in (("identical", "not associative"), ("noise", "same seed"), ("?", "one of")):
         with pytest.raises(checks.CheckFailed, match=hint):
             checks.check_two_process_prediction(guess, 1.2e-7)
+
+
+def test_the_fixed_loader_passes_and_the_planted_bug_is_named(capsys):
+    from course_lib.checks.nb11_scaling_out import N_ROWS, colleagues_rows
+
+    def fixed(batch_size, rank, world_size, seed):
+        rows = torch.randint(
+            0, N_ROWS, (batch_size,), generator=torch.Generator().manual_seed(seed)
+        )
+        n = batch_size // world_size
+        return rows[rank * n : (rank + 1) * n]
+
+    def reversed_ranks(batch_size, rank, world_size, seed):
+        return fixed(batch_size, world_size - 1 - rank, world_size, seed)
+
+    assert right(checks.check_rows_fix(fixed))
+    assert "course_lib.train does" in capsys.readouterr().out
+    assert not_yet(checks.check_rows_fix(lambda *a: (_ for _ in ()).throw(NotImplementedError)))
+    with pytest.raises(checks.CheckFailed, match="still the colleague's"):
+        checks.check_rows_fix(colleagues_rows)
+    with pytest.raises(checks.CheckFailed, match="another order"):
+        checks.check_rows_fix(reversed_ranks)

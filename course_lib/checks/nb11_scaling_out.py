@@ -133,3 +133,63 @@ def check_two_process_prediction(prediction, largest_difference) -> bool:
         raise CheckFailed(f"measured {worst:.1e}, which is not what {prediction!r} says")
 
     return run_check("two_process_prediction", SOLUTION, test)
+
+
+# -- exercise 3 (debug): a data loader that breaks the equivalence ----------------------------
+
+N_ROWS = 1000  # the training rows the exercise's loader draws from
+
+
+def colleagues_rows(batch_size, rank, world_size, seed):
+    """The notebook's planted bug, kept here so the check can recognise it unchanged."""
+    generator = torch.Generator().manual_seed(seed + rank)  # each process its own stream
+    return torch.randint(0, N_ROWS, (batch_size // world_size,), generator=generator)
+
+
+def check_rows_fix(rows_for) -> bool:
+    """Exercise 3 (debug). The fixed `rows_for(batch_size, rank, world_size, seed)`: the
+    training rows process `rank` uses at one step, such that the processes' rows, in rank
+    order, are exactly the rows one process would use: `torch.randint(0, N_ROWS,
+    (batch_size,))` from a generator seeded with `seed`."""
+
+    def test() -> str:
+        for batch_size, world, seed in ((8, 2, 0), (12, 3, 5), (16, 4, 11), (6, 1, 3)):
+            single = torch.randint(
+                0, N_ROWS, (batch_size,), generator=torch.Generator().manual_seed(seed)
+            )
+            parts = [rows_for(batch_size, rank, world, seed) for rank in range(world)]
+            for rank, part in enumerate(parts):
+                if not isinstance(part, torch.Tensor) or part.shape != (batch_size // world,):
+                    raise CheckFailed(
+                        f"rank {rank} of {world} should get {batch_size // world} row indices "
+                        f"(a 1-D tensor), got {part!r}"[:300]
+                    )
+            together = torch.cat(parts)
+            if torch.equal(together, single):
+                continue
+            if world > 1 and all(
+                torch.equal(p, colleagues_rows(batch_size, r, world, seed))
+                for r, p in enumerate(parts)
+            ):
+                raise CheckFailed(
+                    f"that is still the colleague's loader: with {world} processes the run "
+                    "sees other rows than one process would, so the two runs are not the same "
+                    "experiment. What must every process draw, from which seed?"
+                )
+            if sorted(together.tolist()) == sorted(single.tolist()):
+                raise CheckFailed(
+                    "the right rows, in another order: rank 0 should take the first slice of "
+                    "the global batch, so each process's shard matches the single run's rows"
+                )
+            raise CheckFailed(
+                f"with batch {batch_size}, {world} processes and seed {seed} the processes "
+                f"use rows {together.tolist()}, one process {single.tolist()}: draw the "
+                "global batch from the shared seed in every process, then keep your slice"
+            )
+        return (
+            "Every process draws the same global batch from the same seed and keeps its slice, "
+            "as course_lib.train does: the rows, and so the averaged gradient, are one "
+            "process's exactly."
+        )
+
+    return run_check("rows_fix", SOLUTION, test)
