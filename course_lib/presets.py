@@ -131,6 +131,18 @@ for _block in (2, 4, 8, 16):
     )
 register(
     Preset(
+        name="bd3lm-ar-b2-more",
+        description=(
+            "bd3lm-ar-b2 trained for 1500 more steps (lr 3e-4): the more-passes lever on the "
+            "best diffusion checkpoint"
+        ),
+        model=replace(PRESETS["bd3lm-small"].model, block_len=2),
+        train=replace(_FINE_TUNE, lr=3e-4),
+        init_from="bd3lm-ar-b2",
+    )
+)
+register(
+    Preset(
         name="bd3lm-ar-b4-more",
         description=(
             "bd3lm-ar-b4 trained for 1500 more steps (lr 3e-4): the more-passes lever, "
