@@ -159,7 +159,7 @@ def profile(fn: Callable[[], object], *, row_limit: int = 15, sort_by: str | Non
 
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with _profiler_log_hidden(), torch_profile(activities=activities) as prof:
+    with profiler_log_hidden(), torch_profile(activities=activities) as prof:
         fn()
         if cuda:
             torch.cuda.synchronize()
@@ -177,7 +177,7 @@ def profile(fn: Callable[[], object], *, row_limit: int = 15, sort_by: str | Non
 
 
 @contextlib.contextmanager
-def _profiler_log_hidden():
+def profiler_log_hidden():
     """Keep the profiler's own log lines (written by C++ straight to file descriptor 2, e.g.
     "USDT: ... profiler_start") out of a notebook's output; anything else written there
     still comes through."""

@@ -56,7 +56,7 @@ TIME_EPS: float = 1e-3
 # -- schedules (notebook 04) -----------------------------------------------------------------
 
 
-def _as_time(t: torch.Tensor | float) -> torch.Tensor:
+def as_time(t: torch.Tensor | float) -> torch.Tensor:
     """`t` as a float64 tensor (differentiable if `t` is): schedules are evaluated in float64."""
     if isinstance(t, torch.Tensor):
         return t.double()
@@ -108,13 +108,13 @@ class LogLinearSchedule(Schedule):
     name = "loglinear"
 
     def alpha(self, t: torch.Tensor | float) -> torch.Tensor:
-        return 1 - _as_time(t)
+        return 1 - as_time(t)
 
     def alpha_prime(self, t: torch.Tensor | float) -> torch.Tensor:
-        return -torch.ones_like(_as_time(t))
+        return -torch.ones_like(as_time(t))
 
     def mask_prob(self, t: torch.Tensor | float) -> torch.Tensor:
-        return _as_time(t).clone()
+        return as_time(t).clone()
 
 
 class CosineSchedule(Schedule):
@@ -129,13 +129,13 @@ class CosineSchedule(Schedule):
     name = "cosine"
 
     def alpha(self, t: torch.Tensor | float) -> torch.Tensor:
-        return torch.cos(math.pi / 2 * _as_time(t))
+        return torch.cos(math.pi / 2 * as_time(t))
 
     def alpha_prime(self, t: torch.Tensor | float) -> torch.Tensor:
-        return -(math.pi / 2) * torch.sin(math.pi / 2 * _as_time(t))
+        return -(math.pi / 2) * torch.sin(math.pi / 2 * as_time(t))
 
     def mask_prob(self, t: torch.Tensor | float) -> torch.Tensor:
-        return 2 * torch.sin(math.pi / 4 * _as_time(t)) ** 2
+        return 2 * torch.sin(math.pi / 4 * as_time(t)) ** 2
 
 
 SCHEDULES: dict[str, type[Schedule]] = {
@@ -194,7 +194,8 @@ def denoise(denoiser: Denoiser, x_t: torch.Tensor, mask_id: int) -> torch.Tensor
     return logits
 
 
-def _check_clean(x0: torch.Tensor, mask_id: int) -> None:
+def check_clean(x0: torch.Tensor, mask_id: int) -> None:
+    """Raise ValueError unless x0 is a (batch, length) LongTensor of tokens, none the mask."""
     if not isinstance(x0, torch.Tensor) or x0.dtype != torch.long or x0.dim() != 2:
         raise ValueError("x0 must be a LongTensor of clean token ids of shape (batch, length)")
     if x0.numel() == 0:
@@ -206,7 +207,8 @@ def _check_clean(x0: torch.Tensor, mask_id: int) -> None:
         )
 
 
-def _default_text_mask_id() -> int:
+def default_text_mask_id() -> int:
+    """The character tokenizer's mask id: the default for the course's text models."""
     from course_lib.data import CharTokenizer
 
     return CharTokenizer().mask_id
@@ -227,9 +229,9 @@ def corrupt(
     uniform per token from `generator` (notebook 04).
     """
     schedule = get_schedule(schedule)
-    mask_id = _default_text_mask_id() if mask_id is None else resolve_mask_id(None, mask_id)
-    _check_clean(x0, mask_id)
-    t = _as_time(t).to(x0.device)
+    mask_id = default_text_mask_id() if mask_id is None else resolve_mask_id(None, mask_id)
+    check_clean(x0, mask_id)
+    t = as_time(t).to(x0.device)
     if t.dim() == 1 and t.numel() == x0.shape[0]:
         t = t[:, None]  # (B, 1): one time per sequence
     elif t.dim() != 0:
@@ -294,7 +296,7 @@ def nelbo_per_sequence(
     """
     schedule = get_schedule(schedule)
     mask_id = resolve_mask_id(denoiser, mask_id)
-    _check_clean(x0, mask_id)
+    check_clean(x0, mask_id)
     B, L = x0.shape
     t = sample_times(
         B,
@@ -373,7 +375,7 @@ def elbo(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     mask_id = resolve_mask_id(denoiser, mask_id)
-    _check_clean(x0, mask_id)
+    check_clean(x0, mask_id)
     if x0.shape[0] < 2:
         raise ValueError("elbo needs at least 2 sequences to estimate a standard error")
     config = getattr(denoiser, "config", None)
@@ -489,7 +491,7 @@ def block_nelbo_per_sequence(
     """
     schedule = get_schedule(schedule)
     mask_id = resolve_mask_id(model, mask_id)
-    _check_clean(x0, mask_id)
+    check_clean(x0, mask_id)
     block_len = _block_len_of(model)
     shift = _next_token_shift(model)
     if shift:  # x0[:, 0] is the context; the bound is of x0[:, 1:], read one place earlier

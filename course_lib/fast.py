@@ -104,7 +104,7 @@ from course_lib.model import Transformer, device_and_dtype, eval_mode
 from course_lib.sampling import (
     DiffusionSample,
     _initial_state,
-    _uniforms,
+    draw_uniforms,
     logits_to_probs,
     sample_categorical,
 )
@@ -530,7 +530,7 @@ class DiffusionRun:
                 probs = self.block_probs(x, start, end)  # (B, b, V)
                 self.nfe += 1
             p_unmask = sampling.reveal_probability(self.alphas, j)
-            u = _uniforms(block.shape, generator, x.device)  # (B, b)
+            u = draw_uniforms(block.shape, generator, x.device)  # (B, b)
             proposal = sample_categorical(probs, generator)  # (B, b)
             unmask = (block == self.mask_id) & (u < p_unmask)
             if self.options.vectorized_unmask:

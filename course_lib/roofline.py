@@ -92,12 +92,14 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _config_key(config: ModelConfig) -> tuple:
+def config_key(config: ModelConfig) -> tuple:
+    """A hashable key for `config` (for the cached `weights_read`)."""
     return tuple(sorted(config.to_dict().items()))
 
 
 @functools.lru_cache(maxsize=64)
-def _weights_read(key: tuple) -> int:
+def weights_read(key: tuple) -> int:
+    """The weights one forward reads for the config behind `key`: its non-embedding count."""
     with torch.device("meta"):  # the model's own parameter count, without allocating it
         return Transformer(ModelConfig(**dict(key))).num_params(non_embedding=True)
 
@@ -154,7 +156,7 @@ def forward_cost(
         dtype=name,
         uses_cache=uses_cache,
         flops=forward_flops(config, B * T, context=C + T),
-        weight_bytes=size * _weights_read(_config_key(config)),
+        weight_bytes=size * weights_read(config_key(config)),
         kv_bytes=size * B * n_layer * 2 * d * (C + T) if uses_cache else 0,
         activation_bytes=size * B * T * per_token,
         layer_activation_bytes=size * B * T * per_token_layer,

@@ -26,8 +26,8 @@ from course_lib.roofline import (
     DiffusionSampling,
     Sampler,
     StepCost,
-    _config_key,
     ar_decode_step_cost,
+    config_key,
     diffusion_step_cost,
     predict_sampling,
 )
@@ -396,7 +396,7 @@ def check_performance_model(
     models: dict[tuple, Transformer] = {}
     measured = []
     for label, config, sampler in cases:
-        key = _config_key(config)
+        key = config_key(config)
         if key not in models:
             env.seed_everything(0)
             models[key] = Transformer(config).to(device=device, dtype=dtype)

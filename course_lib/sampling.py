@@ -171,7 +171,8 @@ def _device_of(denoiser: diffusion.Denoiser, prompt: torch.Tensor | None) -> tor
     return device_and_dtype(denoiser, default)[0]
 
 
-def _uniforms(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
+def draw_uniforms(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
+    """float64 uniforms of `shape` on `device`, drawn where the generator lives."""
     gen_device = env.generator_device(generator, device)
     return torch.rand(shape, dtype=torch.float64, generator=generator, device=gen_device).to(device)
 
@@ -236,7 +237,7 @@ def sample_diffusion(
     n_generated = int((x == mask_id).sum())
     alphas = schedule.alpha(schedule.time_grid(steps)).tolist()  # steps + 1 values, 0 -> 1
     with eval_mode(denoiser):
-        x, nfe, steps_taken = _denoise(
+        x, nfe, steps_taken = reverse_steps(
             denoiser,
             x,
             alphas,
@@ -251,7 +252,7 @@ def sample_diffusion(
     return DiffusionSample(x, nfe, steps_taken, n_generated, trajectory)
 
 
-def _denoise(
+def reverse_steps(
     denoiser,
     x,
     alphas,
@@ -307,7 +308,7 @@ def ancestral_steps(denoiser, x, alphas, mask_id, temperature, generator, *, cac
             probs = logits_to_probs(logits, temperature)  # (B, L, V) float64
             nfe += 1
         p_unmask = reveal_probability(alphas, j)
-        u = _uniforms(x.shape, generator, x.device)  # (B, L)
+        u = draw_uniforms(x.shape, generator, x.device)  # (B, L)
         proposal = sample_categorical(probs, generator)  # (B, L): never the mask id
         unmask = masked & (u < p_unmask)
         x = torch.where(unmask, proposal, x)
@@ -501,7 +502,7 @@ class BlockView:
         )
 
 
-def _contains(rows: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+def contains_pattern(rows: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
     """Whether each row of `rows` (B, n) contains `pattern` (m,) contiguously: (B,) bool."""
     m = pattern.numel()
     if rows.shape[1] < m:
@@ -688,7 +689,7 @@ def decode_blocks(
             n_generated += int((block == mask_id).sum())
             view = BlockView(model, x, start, stop_at, mode, cache, mask_id, errors)
             block_trajectory = [] if how.record else None
-            block, _, steps = _denoise(
+            block, _, steps = reverse_steps(
                 view,
                 block,
                 alphas,
@@ -708,7 +709,7 @@ def decode_blocks(
                 whole[:, first:last] = state
                 trajectory.append(whole)
             stop = how.stop
-            if stop is not None and bool(_contains(x[:, prompt_len:last], stop).all()):
+            if stop is not None and bool(contains_pattern(x[:, prompt_len:last], stop).all()):
                 end = last
                 break
             if mode == "exact" and stop_at < length:

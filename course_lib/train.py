@@ -260,7 +260,7 @@ def train(
         if run.rank == 0:
             where = f"; run the same call again to resume from {env.shown_path(run.ckpt_path)}"
             print(f"\ninterrupted at step {run.step}{where if run.ckpt_path else ''}")
-        _evaluate_after_interrupt(run)
+        evaluate_after_interrupt(run)
     except BaseException:
         save_checkpoint(run)  # nothing is lost: the last finished step is on disk
         raise
@@ -356,7 +356,7 @@ def _evaluated(run: _Run, step: int) -> bool:
     return any(row["step"] == step for row in run.result.history)
 
 
-def _evaluate_after_interrupt(run: _Run) -> None:
+def evaluate_after_interrupt(run: _Run) -> None:
     """Score the half-trained model, so the caller can go on with it (notebook 03).
 
     The row is this call's only: the checkpoint, already saved, keeps the history of an

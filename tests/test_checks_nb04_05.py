@@ -86,7 +86,7 @@ def corrupt_library(x0, t, alpha, mask_id, generator=None):
 
     class Given(diffusion.Schedule):
         def alpha(self, s):
-            return alpha(diffusion._as_time(s))
+            return alpha(diffusion.as_time(s))
 
     return diffusion.corrupt(x0, t, Given(), mask_id=mask_id, generator=generator)
 

@@ -162,3 +162,29 @@ def test_each_notebook_states_the_time_its_length_gives():
         # a 15-minute margin: prose edits move the rule's number before anyone re-rounds it
         for where, value in (("notebook", int(stated[1])), ("README", int(row[1]))):
             assert abs(value - minutes) <= 15, f"{path.name}: {where} says {value}, rule {minutes}"
+
+
+def _private_library_names() -> set[str]:
+    import ast
+
+    names = set()
+    for path in (env.REPO_ROOT / "course_lib").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name.startswith("_"):
+                if not node.name.startswith("__"):
+                    names.add(node.name)
+    return names
+
+
+def test_no_excerpt_prints_a_private_library_name(notebook):
+    """What `show_lines` and `inspect.getsource` print names public functions only."""
+    private = _private_library_names()
+    found = []
+    for index, cell in enumerate(notebook["cells"]):
+        source = "".join(cell["source"])
+        if "show_lines" not in source and "getsource" not in source:
+            continue
+        printed = "".join(_text(output) for output in cell.get("outputs", []))
+        names = set(re.findall(r"(?<![\w])_[A-Za-z]\w*", printed)) & private
+        found += [f"cell {index}: {name}" for name in sorted(names)]
+    assert not found, found

@@ -229,7 +229,7 @@ def test_a_wrong_weight_or_a_wrong_denoiser_is_caught(chain):
 
     class CosineWithOneOverT(diffusion.CosineSchedule):
         def weight(self, t):  # the classic bug: the log-linear weight on another schedule
-            return 1 / diffusion._as_time(t)
+            return 1 / diffusion.as_time(t)
 
     bits, se = diffusion.elbo(chain.oracle(), x0, CosineWithOneOverT(), n_samples=4)
     assert bits < H - 10 * se  # about half the true value
