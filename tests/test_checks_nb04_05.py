@@ -496,3 +496,19 @@ def test_the_mask_count_prediction_and_its_slips(capsys):
     ):
         with pytest.raises(checks.CheckFailed, match=hint):
             checks.check_mask_count_prediction(value, 5.65)
+
+
+def test_natural_slips_in_exercises_1_and_3_get_a_hint_not_a_crash():
+    def full_sum(a, p):  # the literal sum over {clean token, mask}: 0 log 0 at a = 1
+        b = 1 - a
+        return a * math.log(a / (a * p)) + b * math.log(b / b)
+
+    with pytest.raises(checks.CheckFailed, match="0 log 0 = 0"):
+        checks.check_masked_step_kl(full_sum)
+
+    class WeightOne(diffusion.LogLinearSchedule):
+        def weight(self, t):
+            return 1
+
+    with pytest.raises(checks.CheckFailed, match="ones_like"):
+        checks.check_unweighted_loss("below", WeightOne())

@@ -94,3 +94,8 @@ def test_the_planted_bug_is_caught_and_a_wrong_prediction_is_explained():
         checks.check_entropy_predictions({**PREDICTED, "confidence": "higher"}, MEASURED)
     with pytest.raises(checks.CheckFailed, match="keys"):
         checks.check_entropy_predictions({"confidence": "lower"}, MEASURED)
+
+
+def test_the_closed_form_at_alpha_one_gets_a_hint_not_a_crash():
+    with pytest.raises(checks.CheckFailed, match="0/0"):
+        checks.check_expected_tokens_per_forward(lambda a, g: (1 - a ** (g + 1)) / (1 - a))

@@ -363,6 +363,11 @@ def check_unweighted_loss(prediction, schedule) -> bool:
             raise CheckFailed(
                 "keep the log-linear schedule's alpha(t) = 1 - t: only the weight changes"
             )
+        if not isinstance(schedule.weight(t), torch.Tensor):
+            raise CheckFailed(
+                "weight(t) should return a tensor shaped like t (the loss multiplies it with "
+                "tensors): return torch.ones_like(t), not the number 1"
+            )
         if not torch.allclose(weight.expand_as(t), torch.ones_like(t)):
             raise CheckFailed(
                 "the ablated weight should be 1 at every t (here w(0.5) = "
@@ -397,8 +402,20 @@ def check_masked_step_kl(fn: Callable) -> bool:
     categorical, which gives the clean token probability p_clean."""
     cases = [(0.3, 0.25), (0.05, 0.9), (1.0, 0.5), (0.5, 1.0), (0.01, 0.001)]
 
+    def call(a, p):
+        try:
+            return as_number(fn(a, p), f"fn({a}, {p})")
+        except (ZeroDivisionError, ValueError) as err:
+            if isinstance(err, CheckFailed):
+                raise
+            raise CheckFailed(
+                f"masked_step_kl({a}, {p}) raised {type(err).__name__}: {err}. With a = 1 the "
+                "mask has probability b = 0 under both, and a term whose q is 0 adds nothing "
+                "(0 log 0 = 0): leave it out of the sum"
+            ) from err
+
     def test() -> str:
-        got = [as_number(fn(a, p), f"fn({a}, {p})") for a, p in cases]
+        got = [call(a, p) for a, p in cases]
         want = [a * -math.log(p) for a, p in cases]
         if all(_close(g, w) for g, w in zip(got, want, strict=True)):
             return (

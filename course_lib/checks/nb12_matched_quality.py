@@ -92,7 +92,15 @@ def check_expected_tokens_per_forward(expected_tokens) -> bool:
     def test() -> str:
         cases = [(0.0, 4), (0.5, 1), (0.6, 4), (0.8, 2), (0.9, 7), (1.0, 3), (0.75, 0)]
         for alpha, gamma in cases:
-            got = as_number(expected_tokens(alpha, gamma), f"expected_tokens({alpha}, {gamma})")
+            try:
+                answer = expected_tokens(alpha, gamma)
+            except ZeroDivisionError as err:
+                raise CheckFailed(
+                    f"expected_tokens({alpha}, {gamma}) divided by zero. At alpha = 1 the closed "
+                    "form (1 - alpha**(g+1)) / (1 - alpha) is 0/0, but the sum it stands for, "
+                    "1 + alpha + ... + alpha**g, is g + 1: return that there"
+                ) from err
+            got = as_number(answer, f"expected_tokens({alpha}, {gamma})")
             w = want(alpha, gamma)
             if math.isclose(got, w - 1, rel_tol=1e-9, abs_tol=1e-12):
                 raise CheckFailed(
