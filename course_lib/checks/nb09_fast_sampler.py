@@ -312,7 +312,7 @@ def check_vectorized_commit(fn: Callable) -> bool:
     return run_check("vectorized_commit", SOLUTIONS, lambda: _test_vectorized_commit(fn))
 
 
-# -- exercise 3: writing into a static KV cache ---------------------------------------------------
+# -- exercise 4: writing into a static KV cache ---------------------------------------------------
 
 # (batch, heads, capacity, head_dim), positions: a block, the last slot (an AR step), all slots
 _CACHE_CASES = [
@@ -387,11 +387,11 @@ def check_static_cache_write(fn: Callable) -> bool:
     return run_check("static_cache_write", SOLUTIONS, lambda: _test_cache_write(fn))
 
 
-# -- exercise 4 (predict, then run): what the KV cache buys ----------------------------------
+# -- exercise 3 (predict, then run): what the KV cache buys ----------------------------------
 
 
 def check_kv_cache_prediction(prediction, measured_speedup, positions_factor) -> bool:
-    """Exercise 4 (predict, then run). `prediction`: the learner's speed-up of the kv_cache
+    """Exercise 3 (predict, then run). `prediction`: the learner's speed-up of the kv_cache
     stage over the reference, written before it was timed; `measured_speedup` the timed one,
     `positions_factor` how many times fewer positions the cached forwards run. Right within
     35% of the measurement (the point is the reasoning, not the decimals)."""
