@@ -188,3 +188,14 @@ def test_no_excerpt_prints_a_private_library_name(notebook):
         names = set(re.findall(r"(?<![\w])_[A-Za-z]\w*", printed)) & private
         found += [f"cell {index}: {name}" for name in sorted(names)]
     assert not found, found
+
+
+def test_optional_sections_shorten_the_estimate_only_where_they_exist():
+    from script_helpers import load_script
+
+    rule = load_script("notebook_time")
+    for name in ("09_fast_sampler", "10_roofline"):
+        m = rule.measure(env.REPO_ROOT / "notebooks" / f"{name}.ipynb")
+        assert m["core_minutes"] < m["minutes"], name
+    m = rule.measure(env.REPO_ROOT / "notebooks" / "00_welcome.ipynb")
+    assert m["core_minutes"] == m["minutes"]
