@@ -371,7 +371,22 @@ def test_the_calls_prediction_matches_the_exact_expectation(capsys):
 # -- notebook 06, exercise 4 (debug): the cached sampler ----------------------------------------
 
 
-def _fixed_cached(denoiser, x, alphas, mask_id, generator):
+def _fixed_cached(denoiser, x, alphas, mask_id, generator):  # the library's cached sampler
+    out, nfe, _ = sampling.ancestral_steps(
+        denoiser, x, alphas, mask_id, 1.0, generator, cached=True, trajectory=None
+    )
+    return out, nfe
+
+
+def _uncached(denoiser, x, alphas, mask_id, generator):  # the same numbers, a call every step
+    out, nfe, _ = sampling.ancestral_steps(
+        denoiser, x, alphas, mask_id, 1.0, generator, cached=False, trajectory=None
+    )
+    return out, nfe
+
+
+def _colleagues(denoiser, x, alphas, mask_id, generator):
+    """Notebook 06's planted bug: the whole step sits under the cache's `if`."""
     probs, changed, nfe = None, True, 0
     for j in range(len(alphas) - 1):
         masked = x == mask_id
@@ -380,26 +395,12 @@ def _fixed_cached(denoiser, x, alphas, mask_id, generator):
         if probs is None or changed:
             probs = sampling.logits_to_probs(denoiser(x), 1.0)
             nfe += 1
-        p_unmask = sampling.reveal_probability(alphas, j)
-        u = torch.rand(x.shape, dtype=torch.float64, generator=generator)
-        proposal = sampling.sample_categorical(probs, generator)
-        unmask = masked & (u < p_unmask)
-        x = torch.where(unmask, proposal, x)
-        changed = bool(unmask.any())
-    return x, nfe
-
-
-def _uncached(denoiser, x, alphas, mask_id, generator):
-    nfe = 0
-    for j in range(len(alphas) - 1):
-        masked = x == mask_id
-        if not masked.any():
-            break
-        probs = sampling.logits_to_probs(denoiser(x), 1.0)
-        nfe += 1
-        u = torch.rand(x.shape, dtype=torch.float64, generator=generator)
-        proposal = sampling.sample_categorical(probs, generator)
-        x = torch.where(masked & (u < sampling.reveal_probability(alphas, j)), proposal, x)
+            p_unmask = sampling.reveal_probability(alphas, j)
+            u = torch.rand(x.shape, dtype=torch.float64, generator=generator)
+            proposal = sampling.sample_categorical(probs, generator)
+            unmask = masked & (u < p_unmask)
+            x = torch.where(unmask, proposal, x)
+            changed = bool(unmask.any())
     return x, nfe
 
 
@@ -421,13 +422,11 @@ def _skips_draws(denoiser, x, alphas, mask_id, generator):
 
 
 def test_the_fixed_cached_sampler_passes_and_each_planted_slip_is_named(capsys):
-    from course_lib.checks.nb06_sampling import buggy_cached_ancestral
-
     assert right(checks.check_cached_sampler_fix(_fixed_cached))
     assert "never the samples" in capsys.readouterr().out
     assert not checks.check_cached_sampler_fix(stub)
     for wrong, hint in (
-        (buggy_cached_ancestral, "still masked"),
+        (_colleagues, "still masked"),
         (_uncached, "never skips"),
         (_skips_draws, "never the random numbers"),
     ):

@@ -396,27 +396,6 @@ def check_expected_calls(fn: Callable) -> bool:
 # -- exercise 4 (debug): a cached sampler that stops too soon ---------------------------------
 
 
-def buggy_cached_ancestral(denoiser, x, alphas, mask_id, generator):
-    """The notebook's planted bug, kept here so the check can recognise it unchanged."""
-    from course_lib import sampling
-
-    probs, changed, nfe = None, True, 0
-    for j in range(len(alphas) - 1):
-        masked = x == mask_id
-        if not masked.any():
-            break
-        if probs is None or changed:
-            probs = sampling.logits_to_probs(denoiser(x), 1.0)
-            nfe += 1
-            p_unmask = sampling.reveal_probability(alphas, j)
-            u = torch.rand(x.shape, dtype=torch.float64, generator=generator)
-            proposal = sampling.sample_categorical(probs, generator)
-            unmask = masked & (u < p_unmask)
-            x = torch.where(unmask, proposal, x)
-            changed = bool(unmask.any())
-    return x, nfe
-
-
 def _cached_cases():
     from course_lib import diffusion, synthetic
 
