@@ -428,7 +428,7 @@ def _block_len_of(model: Denoiser) -> int:
     return int(config.block_len)
 
 
-def _next_token_shift(model: Denoiser) -> bool:
+def next_token_shift(model) -> bool:
     """Whether `model`'s logits at position i predict token i + 1 (`ModelConfig.next_token_shift`)."""
     config = getattr(getattr(model, "module", model), "config", None)
     return bool(getattr(config, "next_token_shift", False))
@@ -493,7 +493,7 @@ def block_nelbo_per_sequence(
     mask_id = resolve_mask_id(model, mask_id)
     check_clean(x0, mask_id)
     block_len = _block_len_of(model)
-    shift = _next_token_shift(model)
+    shift = next_token_shift(model)
     if shift:  # x0[:, 0] is the context; the bound is of x0[:, 1:], read one place earlier
         x0, targets = x0[:, :-1], x0[:, 1:]
     else:
@@ -543,5 +543,5 @@ def bd3lm_objective(
     As `mdlm_objective` (clean x0 = `batch[:, :-1]`, log-linear schedule, stratified times),
     with BD3-LM's per-block loss (`block_nelbo_per_sequence`) for a block-causal model.
     """
-    x0 = batch if _next_token_shift(model) else batch[:, :-1]
+    x0 = batch if next_token_shift(model) else batch[:, :-1]
     return block_nelbo_per_sequence(model, x0, "loglinear", generator=generator).mean()

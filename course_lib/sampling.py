@@ -450,7 +450,7 @@ class BlockView:
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if getattr(self.config, "next_token_shift", False):
+        if diffusion.next_token_shift(self.model):
             return self._shifted(block)
         s, e, x, model = self.start, self.end, self.x, self.model
         if self.mode == "exact":  # the cache holds the finished blocks; the block stays out
@@ -672,7 +672,7 @@ def decode_blocks(
     alphas = how.schedule.alpha(how.schedule.time_grid(how.steps_per_block)).tolist()
     cached = mode in ("exact", "approximate", "dual")
     cache = model.new_cache(how.batch_size) if cached else None
-    shift = getattr(getattr(model, "config", None), "next_token_shift", False)
+    shift = diffusion.next_token_shift(model)
     if shift and (how.prompt is None or bool((x[:, 0] == mask_id).any())):
         raise ValueError(
             "this model predicts each token from the one before it (next_token_shift): give "
