@@ -52,8 +52,9 @@ DEFAULT_DIFFUSION = (
 
 PROTOCOL = {
     "batch": "1: every sample is its own call, as one user's stream",
-    "tokens_per_s": "tokens written / process CPU seconds of the calls that wrote the "
-    "samples (one untimed warm-up call first), with the optimized samplers of notebook 09 "
+    "tokens_per_s": "tokens written / seconds of the calls that wrote the samples (process "
+    "CPU seconds on a CPU, wall seconds with the GPU synchronised on a GPU; one untimed "
+    "warm-up call first), with the optimized samplers of notebook 09 "
     "(fast.stages_for(device)'s last stage without compile) and speculative.sample_speculative",
     "tokens_per_forward": "tokens written / forwards of the model (speculative: of the target; "
     "block diffusion: denoising forwards plus the forward that commits each block, unless the "
@@ -228,7 +229,7 @@ class Draws:
     n_tokens: int = 0  # written, all calls
     forwards: int = 0  # of the model (target)
     draft_forwards: int = 0
-    seconds: float = 0.0  # process CPU seconds, all timed calls
+    seconds: float = 0.0  # all timed calls: CPU seconds on a CPU, wall seconds on a GPU
 
 
 def draw_samples(
@@ -290,14 +291,16 @@ def draw_samples(
             return out.tokens[0], out.n_generated, out.nfe, 0
 
         prompt_len = 0
+    # a CPU's process time ignores other processes; a GPU works while the host waits
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
     call(torch.Generator(device=device).manual_seed(seed - 1))  # warm-up, untimed
     for i in range(n_samples):
         generator = torch.Generator(device=device).manual_seed(seed + i)
         env.synchronize(device)
-        start = time.process_time()
+        start = clock()
         tokens, n, f, d = call(generator)
         env.synchronize(device)
-        seconds += time.process_time() - start
+        seconds += clock() - start
         rows.append(tokens.cpu())
         written, forwards, draft_forwards = written + n, forwards + f, draft_forwards + d
     return Draws(torch.stack(rows), prompt_len, written, forwards, draft_forwards, seconds)
@@ -550,6 +553,7 @@ def run_frontier(
         "rows": [],
     }
     start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
     for setting in settings:
         log(f"  {setting.label()}")
         row = measure_row(
@@ -566,9 +570,10 @@ def run_frontier(
             f"tokens/s, judge perplexity {row['judge_ppl']:.2f} ± {row['judge_ppl_se']:.2f}, "
             f"entropy {row['entropy_bits']:.2f} bits"
         )
+        out.write_text(json.dumps(result, indent=1, default=str) + "\n")  # a cut-off run
+        # keeps its rows; the verdict comes with the last
     result["verdict"] = verdict(result["rows"], list(hardware.CATALOG))
     result["wall_s"] = time.perf_counter() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     log(result["verdict"]["sentence"])
     return result
