@@ -656,8 +656,8 @@ def _cpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
 
 
 def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
-    """A few minutes on one GPU: ceilings, every stage (bf16, CUDA graphs, compile last),
-    batch sweeps, AR decode vs diffusion steps at several sizes, quality in fp32 and bf16.
+    """A few minutes on one GPU: ceilings, AR decode vs diffusion steps at several sizes,
+    quality in fp32 and bf16, every stage (bf16, CUDA graphs), batch sweeps, compile last.
 
     `smoke` runs the same code on tiny shapes (any device; CUDA-only rows are skipped).
     """
@@ -668,6 +668,17 @@ def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
     ceilings = measure_ceilings(device, quick=smoke)
     suite.result["ceilings"] = ceilings.to_dict()
     suite.save()
+    # first what a short lease must not miss: the sizes against the roofline, then the
+    # shipped models' speed with quality; then the stage-by-stage walk, the batch sweeps and
+    # (last) torch.compile, the slowest rows
+    size_rows(
+        suite,
+        ceilings,
+        batches=(1, 2) if smoke else (1, 16, 64),
+        full_batches=(1,) if smoke else (1, 8),
+    )
+    # smoke: the code, not the numbers (two blocks of the shipped models)
+    quality_rows(suite, batch_size=2 if smoke else 16, length=32 if smoke else None)
     shape = SHAPES["tiny" if smoke else "gpt2-small"]
     L = shape["context_len"]
     # the GPU's stages (no prepacked weights); with --smoke on a CPU, CUDA-only rows skip
@@ -698,14 +709,6 @@ def _gpu(suite: Suite, *, compile: bool, smoke: bool) -> None:
         stages=_exact_and_fastest(device, stages),
     )
     batch_rows(suite, block, ar, batches=(2,) if smoke else (1, 8, 32, 128))
-    size_rows(
-        suite,
-        ceilings,
-        batches=(1, 2) if smoke else (1, 16, 64),
-        full_batches=(1,) if smoke else (1, 8),
-    )
-    # smoke: the code, not the numbers (two blocks of the shipped models)
-    quality_rows(suite, batch_size=2 if smoke else 16, length=32 if smoke else None)
     if compile:  # last: the slowest rows, and the ones most likely to need a retry
         diffusion_rows(
             suite,
