@@ -473,6 +473,8 @@ def row_label(row: dict | None) -> str | None:
 
 def _sentence(v: dict) -> str:
     cpu = v["cpu"]
+    if not v["diffusion_rows"]:
+        return "No diffusion setting was measured: AR has nothing to be compared with."
     if not v["matched_diffusion_rows"]:
         return (
             f"No diffusion setting matches AR's quality: of {v['diffusion_rows']} diffusion rows, "
@@ -554,16 +556,22 @@ def run_frontier(
     }
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
+    failed = result["failed"] = []  # a setting that breaks (a GPU path, say) ends no others
     for setting in settings:
         log(f"  {setting.label()}")
-        row = measure_row(
-            setting,
-            models,
-            models[judge],
-            n_samples=n_samples,
-            train_text=train_text,
-            decode=tokenizer.decode,
-        )
+        try:
+            row = measure_row(
+                setting,
+                models,
+                models[judge],
+                n_samples=n_samples,
+                train_text=train_text,
+                decode=tokenizer.decode,
+            )
+        except Exception as err:  # named after the others ran, then raised
+            failed.append({"setting": setting.label(), "error": f"{type(err).__name__}: {err}"})
+            log(f"    failed: {failed[-1]['error']}")
+            continue
         result["rows"].append(row)
         log(
             f"    {row['tokens_per_forward']:.2f} tokens/forward, {row['tokens_per_s']:.0f} "
@@ -576,4 +584,6 @@ def run_frontier(
     result["wall_s"] = time.perf_counter() - start
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     log(result["verdict"]["sentence"])
+    if failed:
+        raise RuntimeError(f"{len(failed)} frontier setting(s) failed (in {out}): {failed[0]}")
     return result

@@ -235,3 +235,45 @@ def test_a_next_token_shift_model_gets_rows_from_the_reference_sampler():
         if (setting.sampler, setting.setting["steps_per_block"]) == ("confidence", 1):
             # one step per block and a commit per block but the last: 4 + 3 forwards per sample
             assert row["forwards"] == 2 * 7
+
+
+def test_a_failing_setting_ends_no_other_and_is_named_after_the_rest_ran(tmp_path, monkeypatch):
+    from course_lib import checkpoints, env
+
+    folder = tmp_path / "checkpoints"
+    for name, model in (
+        ("judge", _tiny(seed=1)),
+        ("ar", _tiny(seed=2)),
+        ("bd3", _tiny("block_causal", 4, 3)),
+    ):
+        checkpoints.save_checkpoint(folder / f"{name}.pt", model)
+    monkeypatch.setattr(env, "DATA_DIR", tmp_path)
+    settings = [
+        frontier.Setting("bd3", "confidence", {"steps_per_block": 2, "confidence": "margin"}),
+        frontier.Setting("ar", "ar", {"temperature": 1.0}),
+    ]
+    measure_row = frontier.measure_row
+
+    def broken_for_bd3(setting, *args, **kwargs):
+        if setting.model == "bd3":
+            raise RuntimeError("a planted failure")
+        return measure_row(setting, *args, **kwargs)
+
+    monkeypatch.setattr(frontier, "measure_row", broken_for_bd3)
+    out = tmp_path / "frontier.json"
+    with pytest.raises(RuntimeError, match="1 frontier setting"):
+        frontier.run_frontier(
+            judge="judge",
+            ar="ar",
+            draft=None,
+            diffusion=["bd3"],
+            n_samples=2,
+            out=out,
+            settings=settings,
+            log=lambda _: None,
+        )
+    import json
+
+    written = json.loads(out.read_text())
+    assert [r["model"] for r in written["rows"]] == ["ar"] and written["verdict"]
+    assert "a planted failure" in written["failed"][0]["error"]
