@@ -6,6 +6,8 @@ Three ways to make one forward cheaper, each a switch of `fast`'s options:
   once for the kernel that reads it every step.
 - `static_forward` (static_buffers): gpt-fast's forward over a preallocated KV cache, with
   fixed shapes and position tensors, so one compiled or captured step serves every position.
+  `sliced_forward` is its variant for fused attention kernels: only the filled keys, and no
+  mask where none is needed (the GPU benchmark measures whether that is faster).
 - `GraphedStep` (cuda_graphs): such a step captured in a CUDA graph and replayed.
 
 `fast` re-exports these names (`fast.static_forward` is this module's `static_forward`).
@@ -105,7 +107,11 @@ def _cache_of_length(cache: KVCache, length: int) -> KVCache:
 
 
 def static_forward(
-    model: Transformer, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache
+    model: Transformer,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    cache: KVCache,
+    masked: bool = True,
 ) -> torch.Tensor:
     """Logits (B, T, V) of `ids` (B, T) at `positions` (T,) against a static KV cache.
 
@@ -113,13 +119,14 @@ def static_forward(
     written for fixed shapes: the new keys and values go to `positions` (a tensor, not a
     Python int, so one compiled or captured step serves every position) and the queries
     attend over the whole cache under the model's own mask, which hides every position not
-    yet written. Dropout is left out: samplers run in eval mode.
+    yet written (`masked=False`: no mask, for a caller that knows it would hide nothing, as
+    `sliced_forward` does). Dropout is left out: samplers run in eval mode.
     """
     config = model.config
     B, T = ids.shape
     C, H, D = config.d_model, config.n_head, config.head_dim
     key_positions = torch.arange(cache.capacity, device=ids.device)
-    mask = attention_mask(config, positions, key_positions)  # (T, capacity)
+    mask = attention_mask(config, positions, key_positions) if masked else None  # (T, capacity)
     x = model.embed(ids, positions)  # (B, T, C)
     rotary = model.rotary(positions)  # None unless the model uses rotary positions
     for layer, block in enumerate(model.blocks):
@@ -135,6 +142,36 @@ def static_forward(
         x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
         x = x + block.mlp(block.ln2(x))
     return model.head(model.ln_f(x))  # (B, T, V)
+
+
+def sliced_forward(model: Transformer, ids: torch.Tensor, start: int, cache: KVCache):
+    """`static_forward` at positions start..start+T-1 (`start` a Python int) over the cache's
+    first start+T positions only, and without a mask where the model's would hide none of
+    them (`hides_nothing`). Then `scaled_dot_product_attention` may pick its fused (flash)
+    kernels on a GPU and reads only the filled keys; the price is a shape that changes with
+    `start`: a compiled or captured step serves one position, not all. The GPU benchmark
+    measures whether that pays (`bench_sizes.size_rows`).
+    """
+    end = start + ids.shape[1]
+    view = copy.copy(cache)  # the same buffers, cut to the filled part (views write through)
+    view.keys = [k[:, :, :end] for k in cache.keys]
+    view.values = [v[:, :, :end] for v in cache.values]
+    view.capacity = end
+    positions = torch.arange(start, end, device=ids.device)
+    masked = not hides_nothing(model.config, start, ids.shape[1])
+    return static_forward(model, ids, positions, view, masked=masked)
+
+
+def hides_nothing(config, start: int, n_new: int) -> bool:
+    """Whether the model's mask lets new positions start..start+n_new-1 see every position
+    before them and each other: a causal model's single new position, or positions that
+    all lie in one block of a block-causal model (they see their whole block and every
+    earlier one); any bidirectional model."""
+    if config.attention == "bidirectional":
+        return True
+    if config.attention == "causal":
+        return n_new == 1
+    return start // config.block_len == (start + n_new - 1) // config.block_len
 
 
 class GraphedStep:

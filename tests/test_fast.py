@@ -228,6 +228,52 @@ def test_static_forward_is_the_cached_forward(attention, position):
     torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+@pytest.mark.parametrize(
+    "attention, pieces",
+    [
+        ("causal", [(0, 5), *[(s, s + 1) for s in range(5, L)]]),  # a prefill, then decoding
+        ("block_causal", [(0, 8), (8, 16), (16, 24), (24, 32)]),  # one block each: no mask
+        ("block_causal", [(0, 16), (16, 24), (24, 32)]),  # two blocks at once: masked
+    ],
+)
+def test_sliced_forward_is_the_cached_forward(attention, pieces, position):
+    """The fused-kernel variant (only the filled keys, no mask where none is needed) computes
+    what model(...) computes, and writes the same cache; float64 so the check can be 1e-10."""
+    from course_lib.fast_forward import hides_nothing, sliced_forward
+
+    model = make(attention, torch.float64, position=position)
+    x = torch.randint(0, V, (2, L), generator=torch.Generator().manual_seed(0))
+    cache, static_cache = model.new_cache(2), model.new_cache(2)
+    for c in (cache, static_cache):
+        c.keys[0].fill_(1e3)  # beyond the filled part: never read by the slice, masked by static
+    with torch.no_grad():
+        full = model(x)
+        sliced = [sliced_forward(model, x[:, s:e], s, cache) for s, e in pieces]
+        for s, e in pieces:
+            fast.static_forward(model, x[:, s:e], torch.arange(s, e), static_cache)
+    torch.testing.assert_close(torch.cat(sliced, 1), full, rtol=1e-10, atol=1e-10)
+    for mine, theirs in zip(cache.keys + cache.values, static_cache.keys + static_cache.values):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
+    unmasked = [hides_nothing(model.config, s, e - s) for s, e in pieces]
+    assert unmasked[1:] == [True] * (len(pieces) - 1)  # decoding steps and single blocks
+    assert unmasked[0] == (pieces[0][1] == BLOCK)  # a prefill or two blocks need the mask
+
+
+def test_hides_nothing_is_the_mask_being_all_true():
+    from course_lib.fast_forward import hides_nothing
+    from course_lib.model import attention_mask
+
+    for attention in ("causal", "block_causal", "bidirectional"):
+        config = make(attention).config
+        for start in range(0, 12):
+            for n_new in range(1, 10):
+                q, k = torch.arange(start, start + n_new), torch.arange(start + n_new)
+                mask = attention_mask(config, q, k)
+                everything = mask is None or bool(mask.all())
+                assert hides_nothing(config, start, n_new) == everything, (attention, start, n_new)
+
+
 def test_the_stages_turn_the_switches_on_one_at_a_time():
     for stages, options_type in [
         (fast.DIFFUSION_STAGES, fast.DiffusionOptimizations),
