@@ -53,6 +53,14 @@ The diffusion switches, in the order the stages add them:
   in the dtype `half_dtype` picks by capability: bfloat16 on GPUs that have it, float16
   with float32 logits on those that do not (a T4), bfloat16 on a CPU whose bfloat16 units
   measure faster than float32 (refused elsewhere). SDPA then runs its fused kernels.
+- no_host_reads (in the GPU stages): the block's loop reads nothing back from the device.
+  Each block's random numbers are drawn before its loop, as many as its steps could use, so
+  how many steps run no longer moves the random stream; every block then runs all its steps
+  (a finished block's change nothing, and ancestral decoding calls the network every step).
+  On a GPU a read stalls the queue of launched kernels and cannot be captured in a CUDA
+  graph; on a CPU it costs nothing, while the extra steps cost forwards, so the CPU's stages
+  leave it out. Where the reference finishes a block early its later blocks draw other
+  numbers: tokens equal the reference's only where every block ran all its steps.
 - cuda_graphs (CUDA): capture the step once and replay it: one launch instead of hundreds.
 - compile: torch.compile of the step, fusing its small kernels (compile time is reported
   apart by the benchmarks; on a CPU it takes a minute and buys little). It compiles the
@@ -108,9 +116,11 @@ from course_lib.sampling import (
     logits_to_probs,
     sample_categorical,
 )
+from course_lib.step_rules import categorical_from_uniforms
 
 CUDA_ONLY = ("bf16", "cuda_graphs")
 CPU_ONLY = ("prepacked_weights",)
+GPU_GAINS = ("no_host_reads",)  # run anywhere, but on a CPU they cost and save nothing
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,7 @@ class DiffusionOptimizations:
     skip_unchanged: bool = True
     prepacked_weights: bool = False  # CPU only (oneDNN); tokens checked, not assumed
     bf16: bool = False  # CUDA only
+    no_host_reads: bool = False  # pays only on a GPU (not in a CPU's stages)
     cuda_graphs: bool = False  # CUDA only
     compile: bool = False
 
@@ -168,21 +179,21 @@ def stages_for(device: torch.device | str, stages: list | None = None) -> list:
 
     The switches the device lacks stay off, and a stage whose only change was one of them is
     dropped: on a CUDA device the CPU-only prepacked_weights, elsewhere the CUDA-only bf16
-    and cuda_graphs (so on a CPU "compile" follows "prepacked_weights"), and prepacked_weights
-    too where this PyTorch has no oneDNN (`packing_problem`). On a CPU the compile stage
-    compiles the dense weights (inductor cannot lower oneDNN's packed ones).
+    and cuda_graphs and no_host_reads, which pays only on a GPU (so on a CPU "compile"
+    follows "prepacked_weights"), and prepacked_weights too where this PyTorch has no oneDNN
+    (`packing_problem`). On a CPU the compile stage compiles the dense weights (inductor
+    cannot lower oneDNN's packed ones).
     """
     stages = DIFFUSION_STAGES if stages is None else stages
     if torch.device(device).type == "cuda":
         absent = CPU_ONLY
     else:
-        absent = CUDA_ONLY + (CPU_ONLY if packing_problem() else ())
-    off = {name: False for name in absent}
+        absent = CUDA_ONLY + GPU_GAINS + (CPU_ONLY if packing_problem() else ())
     runnable = []
     for name, options in stages:
         if name in absent:
             continue
-        options = replace(options, **off)
+        options = replace(options, **{n: False for n in absent if hasattr(options, n)})
         if options.compile:
             options = replace(options, prepacked_weights=False)
         runnable.append((name, options))
@@ -521,26 +532,39 @@ class DiffusionRun:
     def ancestral_block(self, x, start, end, generator) -> None:
         """Ancestral steps on x[:, start:end], committing into x (`sampling.ancestral_steps`)."""
         steps = len(self.alphas) - 1
+        noise = self.block_noise(x, start, end, 2, generator)  # None: each step draws its own
         probs, changed = None, True
         for j in range(steps):
             block = x[:, start:end]  # (B, b), a view: commits write into x
-            if not self.still_masked(block):
+            if noise is None and not self.still_masked(block):
                 break
             if probs is None or changed or not self.options.skip_unchanged:
                 probs = self.block_probs(x, start, end)  # (B, b, V)
                 self.nfe += 1
             p_unmask = sampling.reveal_probability(self.alphas, j)
-            u = draw_uniforms(block.shape, generator, x.device)  # (B, b)
-            proposal = sample_categorical(probs, generator)  # (B, b)
+            if noise is None:
+                u = draw_uniforms(block.shape, generator, x.device)  # (B, b)
+                proposal = sample_categorical(probs, generator)  # (B, b)
+            else:  # the same numbers in the same order, drawn before the loop
+                u, proposal = noise[j, 0], categorical_from_uniforms(probs, noise[j, 1])
             unmask = (block == self.mask_id) & (u < p_unmask)
             if self.options.vectorized_unmask:
                 block.copy_(torch.where(unmask, proposal, block))
             else:
                 for row in range(block.shape[0]):
                     block[row] = torch.where(unmask[row], proposal[row], block[row])
-            if self.options.skip_unchanged:
+            if self.options.skip_unchanged and noise is None:
                 changed = bool(unmask.any())
             self.steps_taken += 1
+
+    def block_noise(self, x, start, end, per_step, generator) -> torch.Tensor | None:
+        """With no_host_reads: every float64 uniform the block's steps may use, (steps,
+        per_step, B, b), drawn before its loop in the order the steps would draw them; else
+        None, and each step draws its own."""
+        if not self.options.no_host_reads:
+            return None
+        shape = (len(self.alphas) - 1, per_step, x.shape[0], end - start)
+        return draw_uniforms(shape, generator, x.device)
 
     def confident_block(self, x, start, end, counts, generator) -> None:
         """Confidence or threshold steps on x[:, start:end] (`sampling.confident_steps`);
@@ -552,17 +576,21 @@ class DiffusionRun:
         # "confidence" commits exactly its quota, so the host can follow the mask counts
         # without reading them back; "threshold" commits more, so it must read them
         host_knows = self.options.no_sync and self.threshold is None
+        noise = self.block_noise(x, start, end, 1, generator)  # None: each step draws its own
         n_host = list(counts)
         for j in range(steps):
             block = x[:, start:end]  # (B, b), a view: commits write into x
             if host_knows and not any(n_host):
                 break
-            if not host_knows and not self.still_masked(block):
+            if not host_knows and noise is None and not self.still_masked(block):
                 break
             masked = block == self.mask_id
             probs = self.block_probs(x, start, end)  # (B, b, V)
             self.nfe += 1
-            proposal = sample_categorical(probs, generator)  # (B, b)
+            if noise is None:
+                proposal = sample_categorical(probs, generator)  # (B, b)
+            else:
+                proposal = categorical_from_uniforms(probs, noise[j, 0])
             rule = (self.confidence, self.threshold)  # the reference's step rule, shared
             if self.options.vectorized_unmask:  # every row at once, on the device
                 commit = sampling.confident_commit(probs, proposal, masked, left_after[:, j], *rule)

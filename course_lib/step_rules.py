@@ -58,8 +58,14 @@ def sample_categorical(
     """
     gen_device = env.generator_device(generator, probs.device)
     u = torch.rand(probs.shape[:-1], dtype=torch.float64, generator=generator, device=gen_device)
+    return categorical_from_uniforms(probs, u.to(probs.device))
+
+
+def categorical_from_uniforms(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """`sample_categorical` with its float64 uniforms `u` (...) already drawn (a sampler
+    that draws a whole block's numbers before the block's loop uses it)."""
     cdf = probs.double().cumsum(-1)
-    u = u.to(probs.device) * cdf[..., -1]  # scale by the total mass, which rounding leaves ~1
+    u = u * cdf[..., -1]  # scale by the total mass, which rounding leaves ~1
     ids = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)
     return ids.clamp_(max=probs.shape[-1] - 1)
 

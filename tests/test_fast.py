@@ -103,6 +103,88 @@ def test_the_cases_exercise_what_the_stages_change(models, references):
     assert cached.nfe == by_case[0].nfe + L // BLOCK - 1
 
 
+# the GPU's last stage without the switches only a GPU has: what no_host_reads changes, on a CPU
+GPU_LOOP = dataclasses.replace(
+    fast.final_stage(fast.stages_for("cuda"))[1], bf16=False, cuda_graphs=False
+)
+
+
+def host_reads(fn, monkeypatch) -> int:
+    """How often `fn()` reads a tensor's value on the host: .item(), int(t), bool(t) (seen by
+    a dispatch mode as aten._local_scalar_dense, or as aten.is_nonzero for bool(t) under
+    inference mode) and Tensor.tolist (which the dispatcher does not see, so a wrapper
+    counts it). On a GPU each is a wait for the device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    reading = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.item.default}
+    count = 0
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal count
+            count += func in reading
+            return func(*args, **(kwargs or {}))
+
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        nonlocal count
+        count += 1
+        return tolist(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "tolist", counted_tolist)
+        with Reads():
+            fn()
+    return count
+
+
+@pytest.mark.parametrize(
+    "strategy, threshold", [("confidence", None), ("threshold", 0.3), ("ancestral", None)]
+)
+@pytest.mark.parametrize("kind", ["block_causal", "bidirectional"])
+def test_the_gpu_loop_reads_nothing_per_step(kind, strategy, threshold, models, monkeypatch):
+    """With no_host_reads (the GPU's stages) a call reads the host only between blocks: as
+    often with 8 steps per block as with 2. Without it, threshold and ancestral decoding read
+    once a step, and the counter sees it (so the first assertion can fail)."""
+
+    def reads(options, steps):
+        sampler = fast.FastDiffusionSampler(models[kind], length=L, batch_size=2, options=options)
+        settings = dict(strategy=strategy, threshold=threshold, steps_per_block=steps)
+        call = lambda: sampler(generator=torch.Generator().manual_seed(0), **settings)  # noqa: E731
+        return host_reads(call, monkeypatch)
+
+    assert GPU_LOOP.no_host_reads
+    assert reads(GPU_LOOP, 8) == reads(GPU_LOOP, 2)
+    if strategy != "confidence":
+        per_step = dataclasses.replace(GPU_LOOP, no_host_reads=False)
+        assert reads(per_step, 8) > reads(per_step, 2)
+
+
+@pytest.mark.parametrize("i", range(len(CASES)))
+def test_the_gpu_loop_writes_the_reference_tokens_where_every_block_ran_all_its_steps(
+    i, models, references
+):
+    """Drawing a block's numbers before its loop draws the same numbers in the same order, so
+    the tokens are the reference's until a block finishes early: there the reference stops
+    drawing, and the next blocks get other numbers. So: the first block always agrees, and
+    the whole sequence wherever the reference ran every step of every block."""
+    kind, block_len, _, steps, _, _ = CASES[i]
+    b = block_len or (models[kind].config.block_len if kind.endswith("block_causal") else L)
+    full = 0
+    for seed in (0, 1):
+        ref, out = references[(i, seed)], run_case(models, CASES[i], seed, GPU_LOOP)
+        assert not (out.tokens == models[kind].mask_id).any()
+        assert torch.equal(out.tokens[:, :b], ref.tokens[:, :b]), (CASES[i][:5], seed)
+        assert out.steps_taken >= ref.steps_taken
+        if ref.steps_taken == steps * (L // b):
+            assert torch.equal(out.tokens, ref.tokens), (CASES[i][:5], seed)
+            full += 1
+    if CASES[i][2] == "confidence" and CASES[i][5] is None:  # every step commits its quota
+        assert full == 2
+
+
 def test_the_threshold_is_strict_in_the_fast_sampler_too(models):
     """A model with enormous logits is certain (probability exactly 1 in float64) at most
     positions. threshold=1.0 commits nothing beyond the quota (no confidence *exceeds* 1), so
@@ -253,7 +335,9 @@ def test_sliced_forward_is_the_cached_forward(attention, pieces, position):
         for s, e in pieces:
             fast.static_forward(model, x[:, s:e], torch.arange(s, e), static_cache)
     torch.testing.assert_close(torch.cat(sliced, 1), full, rtol=1e-10, atol=1e-10)
-    for mine, theirs in zip(cache.keys + cache.values, static_cache.keys + static_cache.values):
+    for mine, theirs in zip(
+        cache.keys + cache.values, static_cache.keys + static_cache.values, strict=True
+    ):
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
     unmasked = [hides_nothing(model.config, s, e - s) for s, e in pieces]
     assert unmasked[1:] == [True] * (len(pieces) - 1)  # decoding steps and single blocks
@@ -289,11 +373,15 @@ def test_the_stages_turn_the_switches_on_one_at_a_time():
     last = "skip_unchanged" if fast.packing_problem() else "prepacked_weights"
     assert [name for name, _ in cpu][-2:] == [last, "compile"]
     assert not dict(cpu)["compile"].prepacked_weights  # inductor compiles dense weights
-    for stages in (fast.DIFFUSION_STAGES, fast.AR_STAGES):
+    assert not any(options.no_host_reads for _, options in cpu)  # it pays only on a GPU
+    for stages, last in (
+        (fast.DIFFUSION_STAGES, ["bf16", "no_host_reads", "cuda_graphs", "compile"]),
+        (fast.AR_STAGES, ["bf16", "cuda_graphs", "compile"]),
+    ):
         cuda = fast.stages_for("cuda", stages)
         assert "prepacked_weights" not in dict(cuda)
         assert not any(options.prepacked_weights for _, options in cuda)
-        assert [name for name, _ in cuda][-3:] == ["bf16", "cuda_graphs", "compile"]
+        assert [name for name, _ in cuda][-len(last) :] == last
 
 
 needs_onednn = pytest.mark.skipif(
