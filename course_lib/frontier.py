@@ -28,7 +28,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -55,7 +55,9 @@ PROTOCOL = {
     "tokens_per_s": "tokens written / seconds of the calls that wrote the samples (process "
     "CPU seconds on a CPU, wall seconds with the GPU synchronised on a GPU; one untimed "
     "warm-up call first), with the optimized samplers of notebook 09 "
-    "(fast.stages_for(device)'s last stage without compile) and speculative.sample_speculative",
+    "(fast.stages_for(device)'s last stage without compile; on a GPU, threshold and ancestral "
+    "rows without no_host_reads, whose fixed step count would spend the forwards that "
+    "finishing a block early saves) and speculative.sample_speculative",
     "tokens_per_forward": "tokens written / forwards of the model (speculative: of the target; "
     "block diffusion: denoising forwards plus the forward that commits each block, unless the "
     "setting has fuse_commit, where the next block's first forward commits it)",
@@ -283,6 +285,8 @@ def draw_samples(
         prompt_len = 1
     else:
         stage = _last_stage(device, fast.DIFFUSION_STAGES)
+        if setting.sampler != "confidence":  # a fixed step count would cost the forwards
+            stage = replace(stage, no_host_reads=False)  # that finishing early saves
         sampler = fast.FastDiffusionSampler(model, length=L, options=stage)
         strategy = "confidence" if setting.sampler == "confidence" else setting.sampler
 

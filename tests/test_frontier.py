@@ -277,3 +277,30 @@ def test_a_failing_setting_ends_no_other_and_is_named_after_the_rest_ran(tmp_pat
     written = json.loads(out.read_text())
     assert [r["model"] for r in written["rows"]] == ["ar"] and written["verdict"]
     assert "a planted failure" in written["failed"][0]["error"]
+
+
+def test_on_a_gpu_threshold_and_ancestral_rows_keep_their_early_finish(monkeypatch):
+    """The GPU's last stage has no_host_reads, which runs every step of a block; the
+    frontier turns it off where finishing early saves forwards (its tokens per forward)."""
+    import dataclasses
+
+    from course_lib import fast
+
+    gpu_like = dataclasses.replace(fast.final_stage(fast.stages_for("cpu"))[1], no_host_reads=True)
+    monkeypatch.setattr(frontier, "_last_stage", lambda device, stages: gpu_like)
+    used = {}
+    real = fast.FastDiffusionSampler
+
+    def spy(model, *, length, options):
+        used[current] = options.no_host_reads
+        return real(model, length=length, options=options)
+
+    monkeypatch.setattr(fast, "FastDiffusionSampler", spy)
+    models = {"bd3": _tiny("block_causal", block_len=4, seed=3)}
+    for current, setting in [
+        ("confidence", {"steps_per_block": 2}),
+        ("threshold", {"steps_per_block": 4, "threshold": 0.5}),
+        ("ancestral", {"steps_per_block": 4}),
+    ]:
+        frontier.draw_samples(frontier.Setting("bd3", current, setting), models, n_samples=1)
+    assert used == {"confidence": True, "threshold": False, "ancestral": False}
