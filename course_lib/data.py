@@ -9,6 +9,8 @@ only (the model reads it, never predicts it), so it is not part of `vocab_size`.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sysconfig
 import urllib.error
 import urllib.request
@@ -149,6 +151,9 @@ class Corpus:
 
 
 CORPORA = ("pystdlib", "pystdlib-all", "shakespeare")
+# a folder holding pystdlib's files (`export_pystdlib`), read instead of this Python's own
+# standard library: the course's corpus on a machine whose Python is another version
+PYSTDLIB_ENV = "COURSE_PYSTDLIB"
 
 
 def load_corpus(name: str = "pystdlib") -> Corpus:
@@ -170,8 +175,21 @@ def load_corpus(name: str = "pystdlib") -> Corpus:
     )
 
 
-def _load_pystdlib() -> Corpus:
-    root = Path(sysconfig.get_paths()["stdlib"])
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _load_pystdlib(root: Path | None = None) -> Corpus:
+    """pystdlib from `root`: $COURSE_PYSTDLIB if set, else this Python's standard library."""
+    folder = os.environ.get(PYSTDLIB_ENV, "").strip()
+    if root is None and folder:
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"${PYSTDLIB_ENV} is {folder!r}, which is not a folder")
+        source = f"from {root} (${PYSTDLIB_ENV})"
+    else:
+        root = root or _stdlib_root()
+        source = f"of Python {sysconfig.get_python_version()} (sysconfig's 'stdlib' folder)"
     parts: dict[str, list[str]] = {"train": [], "val": []}
     missing = []
     for stem in PYSTDLIB_FILES:
@@ -197,9 +215,21 @@ def _load_pystdlib() -> Corpus:
         name="pystdlib",
         train=FILE_SEPARATOR.join(parts["train"]),
         val=FILE_SEPARATOR.join(parts["val"]),
-        source=f"{len(PYSTDLIB_FILES) - len(missing)} standard-library files of Python "
-        f"{sysconfig.get_python_version()} (sysconfig's 'stdlib' folder)",
+        source=f"{len(PYSTDLIB_FILES) - len(missing)} standard-library files {source}",
     )
+
+
+def export_pystdlib(folder: str | Path) -> Path:
+    """Copy pystdlib's files from this Python into `folder` (their paths kept), for a
+    machine whose Python is another version: there, COURSE_PYSTDLIB=folder makes
+    `load_corpus("pystdlib")` read them, and the corpus (its fingerprint) is this one."""
+    folder, root = Path(folder), _stdlib_root()
+    for stem in PYSTDLIB_FILES:
+        source = root / f"{stem}.py"
+        if source.exists():
+            (folder / f"{stem}.py").parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, folder / f"{stem}.py")
+    return folder
 
 
 def _load_pystdlib_all() -> Corpus:
@@ -210,8 +240,8 @@ def _load_pystdlib_all() -> Corpus:
     Python better than the models it scores, and it never sees a validation file, nor a file
     that shares a stretch of 300 characters or more with one.
     """
-    base = _load_pystdlib()
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = _stdlib_root()  # this Python's, whatever $COURSE_PYSTDLIB says
+    base = _load_pystdlib(root)
     held_out = {root / f"{stem}.py" for stem in PYSTDLIB_VAL_FILES}
     # every 200-character stretch of the validation text: a training file that contains one
     # holds a copy of validation code (wave.py's chunk reader is also chunk.py's), left out

@@ -286,3 +286,17 @@ def test_the_judges_corpus_has_more_training_text_and_never_the_validation_text(
     # chunk.py's: that file is left out)
     stretches = [small.val[i : i + 200] for i in range(0, len(small.val) - 200, 500)]
     assert not [s for s in stretches if s in judge.train]
+
+
+def test_an_exported_pystdlib_loads_as_the_same_corpus(tmp_path, monkeypatch):
+    """A machine with another Python reads the course's corpus from a copied folder."""
+    here = data.load_corpus("pystdlib")
+    data.export_pystdlib(tmp_path / "corpus")
+    monkeypatch.setenv("COURSE_PYSTDLIB", str(tmp_path / "corpus"))
+    there = data.load_corpus("pystdlib")
+    assert there.fingerprint == here.fingerprint and "COURSE_PYSTDLIB" in there.source
+    (tmp_path / "corpus" / "argparse.py").write_text("# another version\n")
+    assert data.load_corpus("pystdlib").fingerprint != here.fingerprint  # it is really read
+    monkeypatch.setenv("COURSE_PYSTDLIB", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="COURSE_PYSTDLIB"):
+        data.load_corpus("pystdlib")
