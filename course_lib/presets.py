@@ -153,6 +153,38 @@ register(
         init_from="bd3lm-ar-b4",
     )
 )
+register(
+    Preset(
+        name="bd3lm-ar-b4-more2",
+        description=(
+            "bd3lm-ar-b4-more trained for 1500 more steps (lr 3e-4): the more-passes lever's "
+            "third point, to see whether blocks of 4 still improve"
+        ),
+        model=replace(PRESETS["bd3lm-small"].model, block_len=4),
+        train=replace(_FINE_TUNE, lr=3e-4),
+        init_from="bd3lm-ar-b4-more",
+    )
+)
+register(
+    Preset(
+        name="bd3lm-ar-b4-long",
+        description=(
+            "bd3lm-ar-b4 for a GPU: from ar-small's weights, 6000 steps of 128 windows (about "
+            "30 passes over the training text, 98M characters; many hours on a CPU): the "
+            "many-passes lever at a scale this CPU cannot reach"
+        ),
+        model=replace(PRESETS["bd3lm-small"].model, block_len=4),
+        train=replace(
+            _FINE_TUNE,
+            steps=6000,
+            batch_size=128,
+            warmup_steps=100,
+            eval_every=500,
+            checkpoint_every=500,
+        ),
+        init_from="ar-small",
+    )
+)
 for _block in (4, 8):
     register(
         Preset(
