@@ -18,6 +18,10 @@ Steps, in order, each timed and allowed to fail without stopping the others:
 6. suite: the unit tests (tests/, pinned to the CPU by conftest.py as on any machine, in
    parallel where pytest-xdist is installed) on the GPU machine; a dry run only collects them.
 
+On a machine whose Python is another version than the course's, set COURSE_PYSTDLIB to a
+folder made here by `data.export_pystdlib` (the course's corpus files): the training run and
+the frontier then read the course's corpus; the session's JSON records which it read.
+
 A lease is short, so the session has a time budget (--budget, default 520 s): each step may
 run for its share (SHARES) plus what the steps before it left unused, and is stopped when its
 time is up; the bench and the frontier write their JSON after every row, so a stopped step
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
+    from course_lib import data
     from course_lib import env as course_env
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         kind="dry-run" if args.dry_run else "cuda",
         date=datetime.date.today().isoformat(),
         environment=course_env.describe_environment(device),
+        corpus=data.load_corpus("pystdlib").describe(),
         protocol=(
             "scripts/gpu_session.py: each step a separate process, timed by wall clock; the "
             "benchmark's own protocol is in its JSON (warm-up, repeats, CUDA-synchronised "

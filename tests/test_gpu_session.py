@@ -9,6 +9,8 @@ import pytest
 import torch
 from script_helpers import load_script
 
+from course_lib import data
+
 
 @pytest.fixture(scope="module")
 def session():
@@ -27,6 +29,7 @@ def test_the_dry_run_runs_every_step_and_writes_what_it_measured(session, tmp_pa
     result = json.loads((tmp_path / "gpu-session-dry-run.json").read_text())
     assert result["kind"] == "dry-run" and "dry run" in result["protocol"]
     assert result["environment"]["device"] == "cpu"
+    assert data.load_corpus("pystdlib").fingerprint in result["corpus"]
     steps = {row["step"]: row for row in result["steps"]}
     assert list(steps) == ["tests", "bench", "frontier", "train", "roofline", "suite"]
     assert all(row["returncode"] == 0 and row["seconds"] > 0 for row in steps.values())
