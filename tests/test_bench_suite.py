@@ -1,5 +1,6 @@
 """`python -m course_lib bench`: the suites write JSON with the environment and the protocol."""
 
+import dataclasses
 import json
 
 import pytest
@@ -148,3 +149,19 @@ def test_profile_names_the_operators_that_take_the_time(capfd):
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.05
     assert max(map(len, lines)) <= 80  # reads without wrapping in a notebook
     assert "USDT" not in capfd.readouterr().err  # the profiler's own log stays out
+
+
+def test_the_gpu_quality_rows_time_threshold_and_ancestral_both_ways():
+    """On a GPU the last stage reads nothing per step; the quality rows of the strategies
+    that can use a read (to finish early, to skip a call) also time it reading."""
+    from course_lib import bench_suites, fast
+
+    stages = bench_suites._and_reading(
+        bench_suites._exact_and_fastest("cuda", fast.DIFFUSION_STAGES)
+    )
+    (_, exact), (reading_name, reading), (name, last) = stages
+    assert last.no_host_reads and not reading.no_host_reads and not exact.bf16
+    assert reading == dataclasses.replace(last, no_host_reads=False)
+    assert reading_name == f"{name}, a read per step"
+    cpu = bench_suites._exact_and_fastest("cpu", fast.DIFFUSION_STAGES)
+    assert bench_suites._and_reading(cpu) == cpu  # a CPU's stages read (it costs nothing)
