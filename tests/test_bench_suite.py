@@ -154,8 +154,6 @@ def test_profile_names_the_operators_that_take_the_time(capfd):
 def test_the_gpu_quality_rows_time_threshold_and_ancestral_both_ways():
     """On a GPU the last stage reads nothing per step; the quality rows of the strategies
     that can use a read (to finish early, to skip a call) also time it reading."""
-    from course_lib import bench_suites, fast
-
     stages = bench_suites._and_reading(
         bench_suites._exact_and_fastest("cuda", fast.DIFFUSION_STAGES)
     )
