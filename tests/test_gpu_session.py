@@ -56,6 +56,8 @@ def test_the_real_session_targets_the_gpu(session, tmp_path):
     assert steps["roofline"][-1] == "cuda"
     assert "tests/test_gpu.py" in steps["tests"]
     assert "--collect-only" not in steps["suite"] and steps["suite"][-1] == "tests"
+    own = steps["suite"][steps["suite"].index("--deselect") + 1]  # its own dry run, by name
+    assert own.split("::")[1] in globals()
     frontier = " ".join(steps["frontier"])
     assert all(f"--diffusion {name}" in frontier for name in session.FRONTIER_MODELS)
 
