@@ -45,9 +45,12 @@ DEFAULT_DIFFUSION = (
     "bd3lm-small",
     "mdlm-small",
     "bd3lm-ar-b2",
+    "bd3lm-ar-b2-more",
     "bd3lm-ar-b4",
     "bd3lm-ar-b4-more",
     "bd3lm-ar-b16",
+    "bd3lm-ar-shift-b4",
+    "bd3lm-ar-shift-b8",
 )
 
 PROTOCOL = {
