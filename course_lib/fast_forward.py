@@ -163,15 +163,13 @@ def sliced_forward(model: Transformer, ids: torch.Tensor, start: int, cache: KVC
 
 
 def hides_nothing(config, start: int, n_new: int) -> bool:
-    """Whether the model's mask lets new positions start..start+n_new-1 see every position
-    before them and each other: a causal model's single new position, or positions that
-    all lie in one block of a block-causal model (they see their whole block and every
-    earlier one); any bidirectional model."""
-    if config.attention == "bidirectional":
-        return True
-    if config.attention == "causal":
-        return n_new == 1
-    return start // config.block_len == (start + n_new - 1) // config.block_len
+    """Whether the model's own mask (`attention_mask`) lets new positions start..start+n_new-1
+    see every position before them and each other: a causal model's single new position,
+    positions within one block of a block-causal model, any bidirectional model. The mask
+    is built on the CPU, so asking reads nothing back from a GPU."""
+    end = start + n_new
+    mask = attention_mask(config, torch.arange(start, end), torch.arange(end))
+    return mask is None or bool(mask.all())
 
 
 class GraphedStep:

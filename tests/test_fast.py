@@ -344,20 +344,6 @@ def test_sliced_forward_is_the_cached_forward(attention, pieces, position):
     assert unmasked[0] == (pieces[0][1] == BLOCK)  # a prefill or two blocks need the mask
 
 
-def test_hides_nothing_is_the_mask_being_all_true():
-    from course_lib.fast_forward import hides_nothing
-    from course_lib.model import attention_mask
-
-    for attention in ("causal", "block_causal", "bidirectional"):
-        config = make(attention).config
-        for start in range(0, 12):
-            for n_new in range(1, 10):
-                q, k = torch.arange(start, start + n_new), torch.arange(start + n_new)
-                mask = attention_mask(config, q, k)
-                everything = mask is None or bool(mask.all())
-                assert hides_nothing(config, start, n_new) == everything, (attention, start, n_new)
-
-
 def test_the_stages_turn_the_switches_on_one_at_a_time():
     for stages, options_type in [
         (fast.DIFFUSION_STAGES, fast.DiffusionOptimizations),
