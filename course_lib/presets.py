@@ -129,42 +129,26 @@ for _block in (2, 4, 8, 16):
             init_from="ar-small",
         )
     )
-register(
-    Preset(
-        name="bd3lm-ar-b2-more",
-        description=(
-            "bd3lm-ar-b2 trained for 1500 more steps (lr 3e-4): the more-passes lever on the "
-            "best diffusion checkpoint"
-        ),
-        model=replace(PRESETS["bd3lm-small"].model, block_len=2),
-        train=replace(_FINE_TUNE, lr=3e-4),
-        init_from="bd3lm-ar-b2",
+# the more-passes lever: an earlier fine-tune trained for 1500 more steps at a lower rate
+for _name, _start, _block, _why in (
+    ("bd3lm-ar-b2-more", "bd3lm-ar-b2", 2, "on the best diffusion checkpoint"),
+    (
+        "bd3lm-ar-b4-more",
+        "bd3lm-ar-b4",
+        4,
+        "as masked diffusion keeps improving long after AR stops",
+    ),
+    ("bd3lm-ar-b4-more2", "bd3lm-ar-b4-more", 4, "its third point: do blocks of 4 still improve?"),
+):
+    register(
+        Preset(
+            name=_name,
+            description=f"{_start} trained for 1500 more steps (lr 3e-4): the more-passes lever, {_why}",
+            model=replace(PRESETS["bd3lm-small"].model, block_len=_block),
+            train=replace(_FINE_TUNE, lr=3e-4),
+            init_from=_start,
+        )
     )
-)
-register(
-    Preset(
-        name="bd3lm-ar-b4-more",
-        description=(
-            "bd3lm-ar-b4 trained for 1500 more steps (lr 3e-4): the more-passes lever, "
-            "as masked diffusion keeps improving long after AR stops"
-        ),
-        model=replace(PRESETS["bd3lm-small"].model, block_len=4),
-        train=replace(_FINE_TUNE, lr=3e-4),
-        init_from="bd3lm-ar-b4",
-    )
-)
-register(
-    Preset(
-        name="bd3lm-ar-b4-more2",
-        description=(
-            "bd3lm-ar-b4-more trained for 1500 more steps (lr 3e-4): the more-passes lever's "
-            "third point, to see whether blocks of 4 still improve"
-        ),
-        model=replace(PRESETS["bd3lm-small"].model, block_len=4),
-        train=replace(_FINE_TUNE, lr=3e-4),
-        init_from="bd3lm-ar-b4-more",
-    )
-)
 register(
     Preset(
         name="bd3lm-ar-b4-long",
