@@ -77,9 +77,11 @@ def steps(python: str, out: Path, run_dir: Path, dry_run: bool) -> list[tuple[st
         suite = [*pytest, "--collect-only", "tests"]
     else:
         workers = ["-n", "8"] if importlib.util.find_spec("xdist") else []
-        # not this script's own dry run: a minute and a half of the budget for a CPU check
+        # not the GPU tests (the first step ran them) nor this script's own dry run (a minute
+        # and a half of the budget for a CPU check)
         own = "tests/test_gpu_session.py::test_the_dry_run_runs_every_step_and_writes_what_it_measured"
-        suite = [*pytest, *workers, "--deselect", own, "tests"]
+        ignored = [f"--ignore={path}" for path in GPU_TESTS]
+        suite = [*pytest, *workers, *ignored, "--deselect", own, "tests"]
     return [
         ("tests", tests),
         ("bench", bench),

@@ -58,6 +58,7 @@ def test_the_real_session_targets_the_gpu(session, tmp_path):
     assert "--collect-only" not in steps["suite"] and steps["suite"][-1] == "tests"
     own = steps["suite"][steps["suite"].index("--deselect") + 1]  # its own dry run, by name
     assert own.split("::")[1] in globals()
+    assert all(f"--ignore={path}" in steps["suite"] for path in session.GPU_TESTS)  # run once
     frontier = " ".join(steps["frontier"])
     assert all(f"--diffusion {name}" in frontier for name in session.FRONTIER_MODELS)
 
