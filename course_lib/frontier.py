@@ -298,7 +298,8 @@ def draw_samples(
             return out.tokens[0], out.n_generated, out.nfe, 0
 
         prompt_len = 0
-    # a CPU's process time ignores other processes; a GPU works while the host waits
+    # on a CPU, process time is steadier than wall time beside other jobs (not immune: a
+    # job on the other core moved it by a quarter once); a GPU works while the host waits
     clock = time.process_time if device.type == "cpu" else time.perf_counter
     call(torch.Generator(device=device).manual_seed(seed - 1))  # warm-up, untimed
     for i in range(n_samples):
