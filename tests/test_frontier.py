@@ -32,7 +32,7 @@ def test_longest_shared_substring_agrees_with_brute_force():
     assert frontier.longest_shared_substring("def main():", "x = 1\ndef main():\n") == 11
 
 
-def _tiny(attention="causal", block_len=None, seed=0, context_len=16):
+def _tiny(attention="causal", block_len=None, seed=0, context_len=16, **config):
     torch.manual_seed(seed)
     config = ModelConfig(
         context_len=context_len,
@@ -41,6 +41,7 @@ def _tiny(attention="causal", block_len=None, seed=0, context_len=16):
         d_model=32,
         attention=attention,
         block_len=block_len,
+        **config,
     )
     return Transformer(config).eval()
 
@@ -207,18 +208,9 @@ def test_the_command_names_the_missing_checkpoints(capsys):
 
 
 def test_a_next_token_shift_model_gets_rows_from_the_reference_sampler():
-    torch.manual_seed(5)
-    config = ModelConfig(
-        context_len=16,
-        n_layer=1,
-        n_head=2,
-        d_model=32,
-        attention="block_causal",
-        block_len=4,
-        position="rotary",
-        next_token_shift=True,
-    )
-    models = {"ar": _tiny(seed=1), "shift": Transformer(config).eval()}
+    shift = _tiny("block_causal", 4, seed=5, position="rotary", next_token_shift=True)
+    config = shift.config
+    models = {"ar": _tiny(seed=1), "shift": shift}
     settings = frontier.default_settings(
         {"shift": config}, ar="ar", draft=None, tokens_per_step=(1, 4), thresholds=(0.5,)
     )
