@@ -62,6 +62,9 @@ The diffusion switches, in the order the stages add them:
   leave it out. Where the reference finishes a block early its later blocks draw other
   numbers: tokens equal the reference's only where every block ran all its steps.
 - cuda_graphs (CUDA): capture the step once and replay it: one launch instead of hundreds.
+  With no_host_reads, the whole step (`FastDiffusionSampler.whole_step`: the network, the
+  float64 sampling, the step rule, the commit and the cache write) is one graph per shape
+  and setting; without it (a step must read the host), the network alone is.
 - compile: torch.compile of the step, fusing its small kernels (compile time is reported
   apart by the benchmarks; on a CPU it takes a minute and buys little). It compiles the
   dense weights: inductor cannot lower oneDNN's packed ones, so on a CPU the compile stage
@@ -91,6 +94,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
@@ -315,17 +319,18 @@ class Step:
         self.fn = torch.compile(fn, fullgraph=True, dynamic=False) if options.compile else fn
         self.graphs: dict[tuple, GraphedStep] = {}
 
-    def _run(self, ids, positions):
+    def run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The network, never graphed on its own (a whole step's graph captures it)."""
         # the autocast cache must be off while capturing a CUDA graph
         with env.autocast(self.device, self.half, cache_enabled=False):
             return self.fn(ids, positions)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if not self.options.cuda_graphs:
-            return self._run(ids, positions)
+            return self.run(ids, positions)
         key = (tuple(ids.shape), tuple(positions.shape))
         if key not in self.graphs:
-            self.graphs[key] = GraphedStep(self._run, ids, positions)
+            self.graphs[key] = GraphedStep(self.run, ids, positions)
         return self.graphs[key](ids, positions)
 
 
@@ -395,6 +400,7 @@ class FastDiffusionSampler:
         else:
             self.step = Step(self._plain_step, options, self.device)
         self.positions = torch.arange(length, device=self.device)
+        self.whole_graphs: dict[tuple, GraphedStep] = {}  # whole_step's, kept across calls
 
     # the network: logits of the block [start, end) given the rest of x
 
@@ -407,7 +413,12 @@ class FastDiffusionSampler:
         return self.model(ids)
 
     def scored(self, x, start, end, scored_from=None, refresh=False) -> tuple[torch.Tensor, int]:
-        """Logits of every position the forward scored, and where the block starts in them.
+        """Logits of every position the forward scored, and where the block starts in them."""
+        ids, positions, offset = self.scored_inputs(x, start, end, scored_from, refresh)
+        return self.step(ids, positions), offset
+
+    def scored_inputs(self, x, start, end, scored_from=None, refresh=False):
+        """(ids, positions, offset): what a step's forward runs, and where the block starts in it.
 
         With the cache, `scored_from` < `start` also scores the finished blocks from there on,
         which writes their keys and values: the commit, fused into this forward. With the
@@ -416,14 +427,14 @@ class FastDiffusionSampler:
         """
         if self.dual:
             if refresh:
-                return self.step(x, self.positions), start
-            return self.step(x[:, start:end], self.positions[start:end]), 0
+                return x, self.positions, start
+            return x[:, start:end], self.positions[start:end], 0
         if self.cached:
             lo = start if scored_from is None else scored_from
-            return self.step(x[:, lo:end], self.positions[lo:end]), start - lo
+            return x[:, lo:end], self.positions[lo:end], start - lo
         if self.block_causal:  # the finished blocks again, then the block
-            return self.step(x[:, :end], self.positions[:end]), start
-        return self.step(x, self.positions), start  # bidirectional: the whole sequence
+            return x[:, :end], self.positions[:end], start
+        return x, self.positions, start  # bidirectional: the whole sequence
 
     def commit_block(self, x, start, end) -> None:
         """Write the finished block's keys and values into the cache (one forward)."""
@@ -431,6 +442,38 @@ class FastDiffusionSampler:
             self.step(x[:, start:end], self.positions[start:end])
         else:
             self.model(x[:, start:end], cache=self.cache)
+
+    def whole_step(
+        self, x, start, end, update, numbers, temperature, scored_from=None, refresh=False
+    ) -> torch.Tensor:
+        """One step of the block [start, end) as one function of tensors (no_host_reads): the
+        forward, the block's float64 probabilities and `update` (`confident_update` or
+        `ancestral_update`, its settings bound by `functools.partial`), given the step's
+        random `numbers` (tensors). Returns the block's new tokens (B, b); x is unchanged.
+
+        It reads nothing back and allocates nothing the next step needs, so with cuda_graphs
+        the whole step, network, sampling, step rule, cache write, is one CUDA graph per shape
+        and setting, captured at its first use and replayed after: one launch a step.
+        """
+        ids, positions, offset = self.scored_inputs(x, start, end, scored_from, refresh)
+        b = end - start
+        fn = functools.partial(
+            self._whole_step, offset=offset, b=b, temperature=temperature, update=update
+        )
+        inputs = (ids, positions, *numbers)
+        if not self.options.cuda_graphs:
+            return fn(*inputs)
+        # what the graph freezes at capture: the shapes and every Python value fn reads
+        shapes = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        settings = (offset, b, temperature, update.func, tuple(sorted(update.keywords.items())))
+        key = (shapes, settings)
+        if key not in self.whole_graphs:
+            self.whole_graphs[key] = GraphedStep(fn, *inputs)
+        return self.whole_graphs[key](*inputs)
+
+    def _whole_step(self, ids, positions, *numbers, offset, b, temperature, update):
+        logits = self.step.run(ids, positions)[:, offset : offset + b]
+        return update(logits_to_probs(logits, temperature), ids[:, offset : offset + b], *numbers)
 
     def probs(self, x, start, end, temperature, scored_from=None, refresh=False) -> torch.Tensor:
         """float64 probabilities of the block's positions: (B, b, V)."""
@@ -529,32 +572,49 @@ class DiffusionRun:
         """Whether the block has a masked position left."""
         return bool((block == self.mask_id).any())  # a device-to-host read
 
+    def whole_step(self, x, start, end, update, *numbers) -> torch.Tensor:
+        """The block's new tokens from one whole step (`FastDiffusionSampler.whole_step`);
+        like `block_probs`, its forward also commits or refreshes what is due."""
+        s = self.sampler
+        refresh, scored_from = self.refresh, self.uncommitted
+        self.uncommitted, self.refresh = None, False
+        return s.whole_step(x, start, end, update, numbers, self.temperature, scored_from, refresh)
+
     def ancestral_block(self, x, start, end, generator) -> None:
         """Ancestral steps on x[:, start:end], committing into x (`sampling.ancestral_steps`)."""
         steps = len(self.alphas) - 1
+        reveal = [sampling.reveal_probability(self.alphas, j) for j in range(steps)]
+        update = functools.partial(ancestral_update, mask_id=self.mask_id)
         noise = self.block_noise(x, start, end, 2, generator)  # None: each step draws its own
+        if noise is not None:  # each step's chance of revealing, a tensor the graph reads
+            reveal = torch.tensor(reveal, dtype=torch.float64, device=x.device)
         probs, changed = None, True
         for j in range(steps):
             block = x[:, start:end]  # (B, b), a view: commits write into x
-            if noise is None and not self.still_masked(block):
+            if noise is not None:  # the same numbers in the same order, drawn before the loop
+                block.copy_(
+                    self.whole_step(x, start, end, update, noise[j, 0], noise[j, 1], reveal[j])
+                )
+                self.nfe += 1
+                self.steps_taken += 1
+                continue
+            if not self.still_masked(block):
                 break
             if probs is None or changed or not self.options.skip_unchanged:
                 probs = self.block_probs(x, start, end)  # (B, b, V)
                 self.nfe += 1
-            p_unmask = sampling.reveal_probability(self.alphas, j)
-            if noise is None:
-                u = draw_uniforms(block.shape, generator, x.device)  # (B, b)
-                proposal = sample_categorical(probs, generator)  # (B, b)
-            else:  # the same numbers in the same order, drawn before the loop
-                u, proposal = noise[j, 0], categorical_from_uniforms(probs, noise[j, 1])
-            unmask = (block == self.mask_id) & (u < p_unmask)
+            u = draw_uniforms(block.shape, generator, x.device)  # (B, b): which to reveal
+            u_token = draw_uniforms(block.shape, generator, x.device)  # (B, b): their tokens
             if self.options.vectorized_unmask:
-                block.copy_(torch.where(unmask, proposal, block))
+                new = update(probs, block, u, u_token, reveal[j])
             else:
-                for row in range(block.shape[0]):
-                    block[row] = torch.where(unmask[row], proposal[row], block[row])
-            if self.options.skip_unchanged and noise is None:
-                changed = bool(unmask.any())
+                new = block.clone()
+                for r in range(block.shape[0]):
+                    rows = slice(r, r + 1)
+                    new[rows] = update(probs[rows], block[rows], u[rows], u_token[rows], reveal[j])
+            if self.options.skip_unchanged:  # a proposal is never the mask: changed = revealed
+                changed = bool((new != block).any())
+            block.copy_(new)
             self.steps_taken += 1
 
     def block_noise(self, x, start, end, per_step, generator) -> torch.Tensor | None:
@@ -576,36 +636,55 @@ class DiffusionRun:
         # "confidence" commits exactly its quota, so the host can follow the mask counts
         # without reading them back; "threshold" commits more, so it must read them
         host_knows = self.options.no_sync and self.threshold is None
+        rule = dict(confidence=self.confidence, threshold=self.threshold)  # the reference's
+        update = functools.partial(confident_update, mask_id=self.mask_id, **rule)
         noise = self.block_noise(x, start, end, 1, generator)  # None: each step draws its own
         n_host = list(counts)
         for j in range(steps):
             block = x[:, start:end]  # (B, b), a view: commits write into x
             if host_knows and not any(n_host):
                 break
-            if not host_knows and noise is None and not self.still_masked(block):
+            if noise is not None:  # no_host_reads: network, draw and commit, one function
+                block.copy_(self.whole_step(x, start, end, update, noise[j, 0], left_after[:, j]))
+            elif not host_knows and not self.still_masked(block):
                 break
-            masked = block == self.mask_id
-            probs = self.block_probs(x, start, end)  # (B, b, V)
-            self.nfe += 1
-            if noise is None:
-                proposal = sample_categorical(probs, generator)  # (B, b)
             else:
-                proposal = categorical_from_uniforms(probs, noise[j, 0])
-            rule = (self.confidence, self.threshold)  # the reference's step rule, shared
-            if self.options.vectorized_unmask:  # every row at once, on the device
-                commit = sampling.confident_commit(probs, proposal, masked, left_after[:, j], *rule)
-            else:  # row by row, reading each row's count back to pass over a finished row
-                commit = torch.zeros_like(masked)
-                for r in range(x.shape[0]):
-                    if int(masked[r].sum()):
-                        rows = slice(r, r + 1)
-                        commit[rows] = sampling.confident_commit(
-                            probs[rows], proposal[rows], masked[rows], left_after[rows, j], *rule
-                        )
-            block.copy_(torch.where(commit, proposal, block))
+                probs = self.block_probs(x, start, end)  # (B, b, V)
+                u = draw_uniforms(block.shape, generator, x.device)  # (B, b): the tokens' draws
+                if self.options.vectorized_unmask:  # every row at once, on the device
+                    new = update(probs, block, u, left_after[:, j])
+                else:  # row by row, reading each row's count back to pass over a finished row
+                    new = block.clone()
+                    for r in range(x.shape[0]):
+                        if int((block[r] == self.mask_id).sum()):
+                            rows = slice(r, r + 1)
+                            new[rows] = update(
+                                probs[rows], block[rows], u[rows], left_after[rows, j]
+                            )
+                block.copy_(new)
+            self.nfe += 1
             quota = sampling.commit_quota  # what the host knows each row committed
             n_host = [n - quota(n, left[j]) for n, left in zip(n_host, left_host, strict=True)]
             self.steps_taken += 1
+
+
+def confident_update(probs, block, u, left_after, *, mask_id, confidence, threshold):
+    """The new tokens (B, b) of a confidence or threshold step on `block` (B, b): a token
+    drawn at every position from `probs` (B, b, V) with the float64 uniforms `u` (B, b), and
+    the positions `sampling.confident_commit` picks (the schedule's count `left_after` (B,))
+    committed: the reference's step rule."""
+    masked = block == mask_id
+    proposal = categorical_from_uniforms(probs, u)  # (B, b)
+    commit = sampling.confident_commit(probs, proposal, masked, left_after, confidence, threshold)
+    return torch.where(commit, proposal, block)
+
+
+def ancestral_update(probs, block, u, u_token, p_unmask, *, mask_id):
+    """The new tokens (B, b) of an ancestral step on `block` (B, b): each masked position is
+    revealed where its uniform `u` < `p_unmask` (`sampling.reveal_probability`), with a token
+    drawn from `probs` (B, b, V) by `u_token`: the reference's step rule."""
+    unmask = (block == mask_id) & (u < p_unmask)
+    return torch.where(unmask, categorical_from_uniforms(probs, u_token), block)
 
 
 def fast_sample_diffusion(

@@ -173,26 +173,30 @@ def hides_nothing(config, start: int, n_new: int) -> bool:
 
 
 class GraphedStep:
-    """`fn(ids, positions)` captured in a CUDA graph and replayed (shapes fixed at capture).
+    """`fn(*inputs)` captured in a CUDA graph and replayed (shapes fixed at capture).
 
-    Inputs are copied into the graph's own buffers; the returned logits are the graph's
-    output buffer, overwritten by the next replay (use them before calling again).
+    `fn` takes tensors and returns a tensor or a tuple of them: a step's network (ids,
+    positions -> logits), or a whole denoising step (`fast.FastDiffusionSampler.whole_step`).
+    Inputs are copied into the graph's own buffers; the outputs are the graph's output
+    buffers, overwritten by the next replay (use them before calling again). Python values
+    `fn` reads are frozen at capture: bind them into `fn` (a `functools.partial`) and keep
+    one graph per value.
     """
 
-    def __init__(self, fn: Callable, ids: torch.Tensor, positions: torch.Tensor) -> None:
-        self.ids, self.positions = ids.clone(), positions.clone()
+    def __init__(self, fn: Callable, *inputs: torch.Tensor) -> None:
+        self.inputs = [t.clone() for t in inputs]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm up on a side stream, as capture requires
             for _ in range(3):
-                fn(self.ids, self.positions)
+                fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = fn(self.ids, self.positions)
+            self.outputs = fn(*self.inputs)
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        self.ids.copy_(ids)
-        self.positions.copy_(positions)
+    def __call__(self, *inputs: torch.Tensor):
+        for buffer, t in zip(self.inputs, inputs, strict=True):
+            buffer.copy_(t)
         self.graph.replay()
-        return self.logits
+        return self.outputs

@@ -185,6 +185,66 @@ def test_the_gpu_loop_writes_the_reference_tokens_where_every_block_ran_all_its_
         assert full == 2
 
 
+class CPUReplay:
+    """A CUDA graph's contract, kept on a CPU (a stand-in for `fast.GraphedStep`): at capture
+    it keeps `fn` and copies of the inputs; each call copies its inputs into those copies,
+    runs the kept `fn` on them and writes the result into the outputs of capture. A step
+    reading a Python value that its graph's key or `fn` left out would replay a stale one
+    here too, and a caller keeping an output past the next call would see it overwritten."""
+
+    def __init__(self, fn, *inputs):
+        self.fn, self.inputs = fn, [t.clone() for t in inputs]
+        self.outputs = fn(*self.inputs)
+
+    def __call__(self, *inputs):
+        for buffer, t in zip(self.inputs, inputs, strict=True):
+            buffer.copy_(t)
+        return self.outputs.copy_(self.fn(*self.inputs))
+
+
+REPLAY_CASES = [(i, False) for i in range(len(CASES))] + [
+    (i, True) for i, case in enumerate(CASES) if case[0].endswith("block_causal")
+]
+
+
+@pytest.mark.parametrize("i, fuse_commit", REPLAY_CASES)
+def test_the_gpu_loop_replayed_as_graphs_writes_the_tokens_it_writes_eagerly(
+    i, fuse_commit, models, monkeypatch
+):
+    """With cuda_graphs, each whole step (`FastDiffusionSampler.whole_step`) is one graph per
+    shape and setting, captured once and replayed. Replayed as a graph would replay it, every
+    case writes the tokens of the same loop run eagerly, in a second call and with other
+    settings, and a block-causal model with the cache needs one graph for all its blocks' steps."""
+    kind, block_len, strategy, steps, threshold, prompt = CASES[i]
+    check = fast._check_options  # cuda_graphs would be refused on a CPU: the replay stands in
+    no_graphs = lambda options: dataclasses.replace(options, cuda_graphs=False)  # noqa: E731
+    monkeypatch.setattr(fast, "_check_options", lambda options, m: check(no_graphs(options), m))
+    monkeypatch.setattr(fast, "GraphedStep", CPUReplay)
+    graphed, eager = (
+        fast.FastDiffusionSampler(
+            models[kind], length=L, block_len=block_len, batch_size=3, options=options
+        )
+        for options in (dataclasses.replace(GPU_LOOP, cuda_graphs=True), GPU_LOOP)
+    )
+    settings = dict(strategy=strategy, threshold=threshold, prompt=prompt)
+    settings.update(steps_per_block=steps, fuse_commit=fuse_commit)
+    calls = [(0, 0.8, None), (1, 0.8, None), (0, 1.5, None)]  # seed, temperature, confidence
+    if strategy != "ancestral":
+        calls.append((0, 0.8, "margin"))
+    for seed, temperature, confidence in calls:
+        draw = dict(temperature=temperature, confidence=confidence)
+        want = eager(generator=torch.Generator().manual_seed(seed), **settings, **draw)
+        got = graphed(generator=torch.Generator().manual_seed(seed), **settings, **draw)
+        assert torch.equal(got.tokens, want.tokens), (CASES[i][:5], fuse_commit, seed)
+        assert got.nfe == want.nfe and got.steps_taken == want.steps_taken
+        if seed == 0 and temperature == 0.8 and confidence is None:
+            captured = len(graphed.whole_graphs)
+    # one set of graphs per setting; the second seed captured nothing new
+    assert len(graphed.whole_graphs) == (len(calls) - 1) * captured
+    if kind.endswith("block_causal") and not fuse_commit and prompt is None:
+        assert captured == 1
+
+
 def test_the_threshold_is_strict_in_the_fast_sampler_too(models):
     """A model with enormous logits is certain (probability exactly 1 in float64) at most
     positions. threshold=1.0 commits nothing beyond the quota (no confidence *exceeds* 1), so

@@ -5,6 +5,8 @@ the float32 stages are held to agreement, and bf16 to the distribution and the q
 text it writes, against float32.
 """
 
+import dataclasses
+
 import pytest
 import torch
 from test_fast import L, V
@@ -45,6 +47,28 @@ def test_every_gpu_stage_writes_valid_text_and_float32_agrees():
             ar, prompt=prompt, n_tokens=L - 1, generator=gen(), options=options
         )
         assert out.shape == expected.shape and (out < V).all(), name
+
+
+@pytest.mark.parametrize(
+    "strategy, threshold", [("confidence", None), ("threshold", 0.3), ("ancestral", None)]
+)
+def test_whole_step_graphs_write_the_tokens_of_the_same_loop_run_eagerly(strategy, threshold):
+    """With no_host_reads, cuda_graphs captures each whole step (network, float64 sampling,
+    step rule, commit): one graph serves every block of a block-causal model with the cache,
+    and its replays agree with the same loop run without graphs (float32; near-ties may
+    flip)."""
+    model = make("block_causal")
+    eager = fast.DiffusionOptimizations(no_host_reads=True)
+    assert eager.kv_cache and eager.static_buffers
+    settings = dict(steps_per_block=8, strategy=strategy, threshold=threshold)
+    outs = []
+    for options in (eager, dataclasses.replace(eager, cuda_graphs=True)):
+        sampler = fast.FastDiffusionSampler(model, length=L, batch_size=4, options=options)
+        for seed in (0, 1):  # the second call replays the first call's graphs
+            outs.append(sampler(generator=gen(seed), **settings).tokens)
+    assert len(sampler.whole_graphs) == 1
+    for want, got in zip(outs[:2], outs[2:], strict=True):
+        assert (got < V).all() and (got == want).double().mean() > 0.9, strategy
 
 
 def _tv(a: torch.Tensor, b: torch.Tensor, vocab: int) -> float:
