@@ -340,15 +340,17 @@ def _exact_and_fastest(device: torch.device, stages: list) -> list:
 
 
 def _and_reading(stages: list) -> list:
-    """`stages`, and before a last stage with no_host_reads the same stage reading the host
-    once a step: for threshold and ancestral decoding, which then finish a block early or
-    skip unchanged steps, the two trade reads for forwards, and which wins is the GPU's."""
+    """`stages`, and before a last stage with no_host_reads the same stage without it. That
+    stage's CUDA graphs hold only the network, the whole step's being the other's, and
+    threshold and ancestral decoding read the host once a step in it, to finish a block early
+    or to skip an unchanged step: the two trade launches and reads for forwards, and which
+    wins is the GPU's to say."""
     name, last = stages[-1]
     if not getattr(last, "no_host_reads", False):
         return stages
     return [
         *stages[:-1],
-        (f"{name}, a read per step", replace(last, no_host_reads=False)),
+        (f"{name}, network graphed alone", replace(last, no_host_reads=False)),
         stages[-1],
     ]
 
@@ -450,7 +452,7 @@ def quality_rows(suite: Suite, *, batch_size: int, length: int | None = None) ->
             section=f"quality {name}.pt",
             length=n,
             batch_size=batch_size,
-            stages=stages if "strategy" not in settings else _and_reading(stages),
+            stages=_and_reading(stages),
             quality=quality,
             **settings,
         )

@@ -151,15 +151,16 @@ def test_profile_names_the_operators_that_take_the_time(capfd):
     assert "USDT" not in capfd.readouterr().err  # the profiler's own log stays out
 
 
-def test_the_gpu_quality_rows_time_threshold_and_ancestral_both_ways():
-    """On a GPU the last stage reads nothing per step; the quality rows of the strategies
-    that can use a read (to finish early, to skip a call) also time it reading."""
+def test_the_gpu_quality_rows_time_the_whole_step_graph_and_the_network_graph():
+    """On a GPU the last stage reads nothing per step and graphs the whole step; the quality
+    rows also time it without no_host_reads: the network graphed alone, and a read per step
+    for the strategies that can use one (to finish early, to skip a call)."""
     stages = bench_suites._and_reading(
         bench_suites._exact_and_fastest("cuda", fast.DIFFUSION_STAGES)
     )
     (_, exact), (reading_name, reading), (name, last) = stages
     assert last.no_host_reads and not reading.no_host_reads and not exact.bf16
     assert reading == dataclasses.replace(last, no_host_reads=False)
-    assert reading_name == f"{name}, a read per step"
+    assert reading_name == f"{name}, network graphed alone"
     cpu = bench_suites._exact_and_fastest("cpu", fast.DIFFUSION_STAGES)
     assert bench_suites._and_reading(cpu) == cpu  # a CPU's stages read (it costs nothing)
