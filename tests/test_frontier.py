@@ -296,3 +296,40 @@ def test_on_a_gpu_threshold_and_ancestral_rows_keep_their_early_finish(monkeypat
     ]:
         frontier.draw_samples(frontier.Setting("bd3", current, setting), models, n_samples=1)
     assert used == {"confidence": True, "threshold": False, "ancestral": False}
+
+
+def test_the_noise_script_scores_seed_sets_as_the_frontier_scores_rows():
+    """scripts/frontier_noise.py: set 0 is the frontier's own row (same seeds, same quality),
+    every set is scored against AR's set 0, and the summary leaves that reference out."""
+    from script_helpers import load_script
+
+    noise = load_script("frontier_noise")
+    models = {"ar": _tiny(seed=1), "draft": _tiny(seed=2), "judge": _tiny(seed=3)}
+    decode = data.CharTokenizer().decode
+    settings = noise.settings("ar", "draft")
+    rows = noise.seed_sets(
+        models,
+        models["judge"],
+        settings,
+        sets=2,
+        n_samples=2,
+        train_text="x",
+        decode=decode,
+        log=lambda line: None,
+    )
+    assert [(r["sampler"], r["seed_set"]) for r in rows] == [
+        ("ar", 0),
+        ("speculative", 0),
+        ("ar", 1),
+        ("speculative", 1),
+    ]
+    row = frontier.measure_row(
+        settings[0], models, models["judge"], n_samples=2, train_text="x", decode=decode
+    )
+    assert rows[0]["judge_ppl"] == row["judge_ppl"] and rows[0]["matched"]
+    assert rows[0]["ppl_ratio"] == 1.0 and rows[0]["entropy_diff"] == 0.0
+    assert rows[2]["judge_ppl"] != rows[0]["judge_ppl"]  # other seeds, other samples
+    summary = noise.summary(rows)
+    assert summary["ar"]["sets"] == 1 and summary["speculative"]["sets"] == 2
+    assert summary["ar"]["ppl_ratio_min"] == rows[2]["ppl_ratio"]
+    assert "set" in noise.report({"rows": rows, "summary": summary})
