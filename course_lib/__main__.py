@@ -129,9 +129,13 @@ def _frontier(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    path = args.out or env.DATA_DIR / "results" / f"frontier-{env.get_device().type}.json"
+    reference_samples = args.reference_samples or frontier.REFERENCE_SAMPLES
     if args.verdict_only:
-        path = args.out or env.DATA_DIR / "results" / "frontier-cpu.json"
         print(frontier.rewrite_verdict(path)["sentence"])
+        return 0
+    if args.reference_only:
+        print(frontier.add_reference(path, reference_samples)["sentence"])
         return 0
     frontier.run_frontier(
         judge=args.judge,
@@ -139,6 +143,7 @@ def _frontier(args: argparse.Namespace) -> int:
         draft=args.draft,
         diffusion=args.diffusion or frontier.DEFAULT_DIFFUSION,
         n_samples=args.samples,
+        reference_samples=reference_samples,
         out=args.out,
     )
     return 0
@@ -267,7 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", help="JSON file (default: data/results/frontier-DEVICE.json)")
     p.add_argument(
+        "--reference-samples",
+        type=int,
+        help="AR's samples pooled for the quality reference (default: frontier.REFERENCE_SAMPLES)",
+    )
+    p.add_argument(
         "--verdict-only", action="store_true", help="recompute the verdict of an existing file"
+    )
+    p.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="measure the quality reference of an existing file, then its verdict",
     )
     p.set_defaults(run=_frontier)
     args = parser.parse_args(argv)

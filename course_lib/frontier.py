@@ -39,6 +39,9 @@ from course_lib.model import ModelConfig, Transformer, device_and_dtype
 PPL_RATIO = 1.10  # matched: judge perplexity at most this times AR's (temperature 1)
 ENTROPY_BITS = 0.15  # matched: unigram entropy within this many bits of AR's
 REFERENCE = ("ar", {"temperature": 1.0})  # the sampler whose samples define "matched"
+# its samples pooled for the quality reference: at a row's 32, AR's own sample sets fail the
+# entropy test against each other (scripts/frontier_noise.py, notebook 12)
+REFERENCE_SAMPLES = 192
 DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral")
 # the diffusion checkpoints compared
 DEFAULT_DIFFUSION = (
@@ -76,8 +79,13 @@ PROTOCOL = {
     "validity": "metrics.python_validity: the share of complete generated statements that parse",
     "longest_copy": "the longest run of characters a sample shares with the compared models' "
     "training text (pystdlib's train split): max and median over samples",
-    "matched_quality": f"judge_ppl <= {PPL_RATIO} x that of AR's samples at temperature 1, and "
-    f"|entropy_bits - theirs| <= {ENTROPY_BITS}",
+    "matched_quality": f"judge_ppl <= {PPL_RATIO} x the reference's, and |entropy_bits - the "
+    f"reference's| <= {ENTROPY_BITS}",
+    "reference": "the quality of AR's samples at temperature 1, more of them than a row has "
+    "(seeds 0 to n-1: the AR row's own samples are the first), so that its noise does not "
+    "decide rows: judge_ppl over all of them, entropy_bits the mean over consecutive sets of "
+    "a row's size (a pooled entropy grows with the samples pooled); files without one "
+    "measured it on the AR row",
     "verdict": "the fastest matched diffusion row against AR at temperature 1 and against the "
     "fastest speculative row (matched or not: it writes AR's own distribution), measured here "
     "and predicted per GPU",
@@ -410,11 +418,61 @@ def measure_row(
     return row
 
 
-def mark_matched(rows: list[dict]) -> dict:
-    """Set every row's `matched_quality` against AR's row at temperature 1; return that row."""
-    reference = next((r for r in rows if (r["sampler"], r["setting"]) == REFERENCE), None)
-    if reference is None:
+def ar_row(rows: list[dict]) -> dict:
+    """AR's row at temperature 1: the speed every row is compared with."""
+    row = next((r for r in rows if (r["sampler"], r["setting"]) == REFERENCE), None)
+    if row is None:
         raise ValueError("the rows need AR at temperature 1.0: it defines matched quality")
+    return row
+
+
+def measure_reference(
+    models: dict[str, Transformer],
+    judge: Transformer,
+    *,
+    ar: str,
+    n_samples: int = REFERENCE_SAMPLES,
+    row_samples: int,
+    train_text: str,
+    decode: Callable[[list[int]], str],
+) -> dict:
+    """The quality rows are matched against: AR's samples at temperature 1 (`REFERENCE`),
+    `n_samples` of them, drawn as the AR row draws its own (seeds 0 to n-1).
+
+    The judge's perplexity is a mean over samples, so it pools them all. The entropy of a
+    set of samples pooled grows with the set (each sample's characters differ a little, and
+    a mixture has more entropy than its parts), so a row's `row_samples` are compared with
+    the mean entropy of sets of that size: the reference's samples cut into consecutive
+    sets (`entropy_bits`, their spread in `entropy_bits_sd`).
+    """
+    if n_samples % row_samples or n_samples < 2 * row_samples:
+        raise ValueError(
+            f"the reference's {n_samples} samples must be two or more sets of a row's "
+            f"{row_samples}: a multiple of {row_samples}"
+        )
+    sampler, knobs = REFERENCE
+    setting = Setting(ar, sampler, dict(knobs))
+    draws = draw_samples(setting, models, n_samples)
+    quality = judge_quality(
+        draws.tokens, judge, prompt_len=draws.prompt_len, train_text=train_text, decode=decode
+    )
+    from course_lib import metrics
+
+    generated = draws.tokens[:, draws.prompt_len :]
+    sets = [metrics.unigram_entropy(s) for s in generated.split(row_samples)]
+    quality |= {
+        "entropy_bits": statistics.fmean(sets),
+        "entropy_bits_sd": statistics.stdev(sets),
+        "entropy_sets": len(sets),
+        "pooled_entropy_bits": quality["entropy_bits"],
+    }
+    return {"model": ar, "sampler": sampler, "setting": dict(knobs), **quality}
+
+
+def mark_matched(rows: list[dict], reference: dict | None = None) -> dict:
+    """Set every row's `matched_quality` against `reference` (a file's pooled reference,
+    `measure_reference`), or, for a file without one, AR's row; return the reference used."""
+    reference = reference or ar_row(rows)
     for row in rows:
         row["matched_quality"] = is_matched(row, reference)
     return reference
@@ -424,10 +482,12 @@ def _fastest(rows: list[dict], speed: Callable[[dict], float]) -> dict | None:
     return max(rows, key=speed, default=None)
 
 
-def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
+def verdict(rows: list[dict], gpus: Sequence[str], reference: dict | None = None) -> dict:
     """The fastest matched diffusion setting against plain AR and speculative AR, on this
-    machine ("cpu") and predicted for each GPU in `gpus`."""
-    reference = mark_matched(rows)
+    machine ("cpu") and predicted for each GPU in `gpus`; quality against `reference` (see
+    `mark_matched`), speed against AR's row."""
+    ar = ar_row(rows)
+    reference = mark_matched(rows, reference)
     diffusion = [r for r in rows if r["sampler"] in DIFFUSION_SAMPLERS]
     matched = [r for r in diffusion if r["matched_quality"]]
     # speculative decoding writes exactly AR's distribution (tests/test_speculative.py): its
@@ -439,14 +499,14 @@ def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
         best = _fastest(matched, speed)
         best_spec = _fastest(speculative, speed)
         out = {
-            "ar_tokens_per_s": speed(reference),
+            "ar_tokens_per_s": speed(ar),
             "speculative_tokens_per_s": speed(best_spec) if best_spec else None,
             "speculative": row_label(best_spec),
             "diffusion": row_label(best),
             "diffusion_tokens_per_s": speed(best) if best else None,
         }
         if best:
-            out["speedup_vs_ar"] = speed(best) / speed(reference)
+            out["speedup_vs_ar"] = speed(best) / speed(ar)
             if best_spec:
                 out["speedup_vs_speculative"] = speed(best) / speed(best_spec)
         out["diffusion_wins"] = bool(
@@ -456,6 +516,7 @@ def verdict(rows: list[dict], gpus: Sequence[str]) -> dict:
 
     result = {
         "reference": row_label(reference),
+        "reference_samples": reference.get("samples"),
         "reference_judge_ppl": reference["judge_ppl"],
         "reference_entropy_bits": reference["entropy_bits"],
         "matched_diffusion_rows": len(matched),
@@ -505,13 +566,52 @@ def _sentence(v: dict) -> str:
     )
 
 
+def _load_checkpoints(names: set[str], device: torch.device) -> dict[str, Transformer]:
+    """The shipped checkpoints `names` from data/checkpoints/, or an error naming the missing."""
+    from course_lib import checkpoints
+
+    folder = env.DATA_DIR / "checkpoints"
+    missing = sorted(n for n in names if not (folder / f"{n}.pt").exists())
+    if missing:
+        raise FileNotFoundError(
+            f"the frontier needs {missing} in {folder}: train them "
+            "(python -m course_lib train --preset NAME) and ship them (python -m course_lib ship)"
+        )
+    return {n: checkpoints.load_checkpoint(folder / f"{n}.pt", device=device) for n in names}
+
+
+def add_reference(path: str | Path, n_samples: int = REFERENCE_SAMPLES) -> dict:
+    """Measure the pooled quality reference (`measure_reference`) for an existing frontier
+    file, with its AR model and judge, and recompute its verdict: the reference's samples are
+    drawn by seed, so this is the reference the file's own run would have measured."""
+    from course_lib import data
+
+    path = Path(path)
+    result = json.loads(path.read_text())
+    ar, judge = ar_row(result["rows"])["model"], result["protocol"]["judge"]["checkpoint"]
+    judge = judge.removesuffix(".pt")
+    models = _load_checkpoints({ar, judge}, env.get_device())
+    result["reference"] = measure_reference(
+        models,
+        models[judge],
+        ar=ar,
+        n_samples=n_samples,
+        row_samples=result["protocol"]["samples_per_row"],
+        train_text=data.load_corpus("pystdlib").train,
+        decode=data.CharTokenizer().decode,
+    )
+    result["reference"]["added"] = datetime.datetime.now().isoformat(timespec="seconds")
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return rewrite_verdict(path)
+
+
 def rewrite_verdict(path: str | Path) -> dict:
     """Recompute the verdict of a frontier file from its rows (after a change of the rule)."""
     from course_lib import hardware
 
     path = Path(path)
     result = json.loads(path.read_text())
-    result["verdict"] = verdict(result["rows"], list(hardware.CATALOG))
+    result["verdict"] = verdict(result["rows"], list(hardware.CATALOG), result.get("reference"))
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result["verdict"]
 
@@ -523,6 +623,7 @@ def run_frontier(
     draft: str | None = "ar-draft",
     diffusion: Sequence[str] = DEFAULT_DIFFUSION,
     n_samples: int = 32,
+    reference_samples: int = REFERENCE_SAMPLES,
     out: str | Path | None = None,
     settings: Sequence[Setting] | None = None,
     log: Callable[[str], None] = print,
@@ -530,26 +631,20 @@ def run_frontier(
     """Measure every setting with the checkpoints in data/checkpoints/ and write the frontier.
 
     Missing checkpoints are named in the error. Batch 1 on this machine's device; the
-    optimized samplers' last stage; quality by `judge`. `settings` defaults to
-    `default_settings` for the models given.
+    optimized samplers' last stage; quality by `judge`, against `reference_samples` of AR's
+    samples pooled (`measure_reference`). `settings` defaults to `default_settings` for the
+    models given.
     """
     from course_lib import checkpoints, data, hardware
 
     device = env.get_device()
     names = {judge, ar, *diffusion} | ({draft} if draft else set())
-    folder = env.DATA_DIR / "checkpoints"
-    missing = sorted(n for n in names if not (folder / f"{n}.pt").exists())
-    if missing:
-        raise FileNotFoundError(
-            f"the frontier needs {missing} in {folder}: train them "
-            "(python -m course_lib train --preset NAME) and ship them (python -m course_lib ship)"
-        )
-    models = {n: checkpoints.load_checkpoint(folder / f"{n}.pt", device=device) for n in names}
+    models = _load_checkpoints(names, device)
     if settings is None:
         settings = default_settings({n: models[n].config for n in diffusion}, ar=ar, draft=draft)
     tokenizer = data.CharTokenizer()
     train_text = data.load_corpus("pystdlib").train
-    manifest = checkpoints.read_manifest(folder)
+    manifest = checkpoints.read_manifest(env.DATA_DIR / "checkpoints")
     out = Path(out) if out else env.DATA_DIR / "results" / f"frontier-{device.type}.json"
     result = {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -564,6 +659,16 @@ def run_frontier(
     }
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
+    log(f"  the quality reference: {reference_samples} samples of {ar} at temperature 1")
+    result["reference"] = reference = measure_reference(
+        models,
+        models[judge],
+        ar=ar,
+        n_samples=reference_samples,
+        row_samples=n_samples,
+        train_text=train_text,
+        decode=tokenizer.decode,
+    )
     failed = result["failed"] = []  # a setting that breaks (a GPU path, say) ends no others
     for setting in settings:
         log(f"  {setting.label()}")
@@ -588,7 +693,7 @@ def run_frontier(
         )
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")  # a cut-off run
         # keeps its rows; the verdict comes with the last
-    result["verdict"] = verdict(result["rows"], list(hardware.CATALOG))
+    result["verdict"] = verdict(result["rows"], list(hardware.CATALOG), reference)
     result["wall_s"] = time.perf_counter() - start
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     log(result["verdict"]["sentence"])

@@ -129,6 +129,19 @@ def test_with_no_matched_diffusion_row_the_verdict_says_so_and_names_the_closest
         frontier.verdict(rows[1:], ["G1"])
 
 
+def test_a_pooled_reference_judges_quality_and_ar_s_row_still_sets_the_speed():
+    rows = [
+        _row("ar", "ar", {"temperature": 1.0}, 4.0, 4.8, 100.0),  # a noisy 32: entropy high
+        _row("d", "confidence", {"steps_per_block": 4}, 4.3, 4.5, 300.0),
+    ]
+    assert not frontier.verdict(rows, ["G1"])["matched_diffusion_rows"]  # against the row
+    pooled = {**rows[0], "entropy_bits": 4.55, "samples": 192}
+    v = frontier.verdict(rows, ["G1"], pooled)
+    assert v["matched_diffusion_rows"] == 1 and v["reference_samples"] == 192
+    assert v["cpu"]["ar_tokens_per_s"] == 100.0 and v["cpu"]["speedup_vs_ar"] == 3.0
+    assert not rows[0]["matched_quality"]  # AR's own row of 32, off its pooled reference
+
+
 def test_rows_end_to_end_on_tiny_models():
     models = {
         "ar": _tiny(seed=1),
@@ -260,6 +273,7 @@ def test_a_failing_setting_ends_no_other_and_is_named_after_the_rest_ran(tmp_pat
             draft=None,
             diffusion=["bd3"],
             n_samples=2,
+            reference_samples=4,
             out=out,
             settings=settings,
             log=lambda _: None,
@@ -269,6 +283,31 @@ def test_a_failing_setting_ends_no_other_and_is_named_after_the_rest_ran(tmp_pat
     written = json.loads(out.read_text())
     assert [r["model"] for r in written["rows"]] == ["ar"] and written["verdict"]
     assert "a planted failure" in written["failed"][0]["error"]
+    # the reference: 4 samples of AR's, drawn as its row draws its 2 (seeds 0, 1, then 2, 3);
+    # perplexity over all 4, entropy the mean over sets of a row's size
+    reference, row = written["reference"], written["rows"][0]
+    assert reference["samples"] == 4 and written["verdict"]["reference_samples"] == 4
+    models = {"ar": checkpoints.load_checkpoint(folder / "ar.pt")}
+    judge = checkpoints.load_checkpoint(folder / "judge.pt")
+    decode, train_text = data.CharTokenizer().decode, data.load_corpus("pystdlib").train
+    later = frontier.measure_row(
+        settings[1], models, judge, n_samples=2, train_text=train_text, decode=decode, seed=2
+    )
+    bits = (math.log2(row["judge_ppl"]) + math.log2(later["judge_ppl"])) / 2
+    assert reference["judge_ppl"] == pytest.approx(2**bits)
+    assert reference["entropy_bits"] == pytest.approx(
+        (row["entropy_bits"] + later["entropy_bits"]) / 2
+    )
+    assert reference["entropy_sets"] == 2
+    with pytest.raises(ValueError, match="multiple of 2"):
+        frontier.measure_reference(
+            models, judge, ar="ar", n_samples=3, row_samples=2, train_text="", decode=decode
+        )
+    # measured again for the written file (as for a file from before references): the same
+    frontier.add_reference(out, 4)
+    again = json.loads(out.read_text())
+    assert again["reference"]["judge_ppl"] == reference["judge_ppl"]
+    assert again["verdict"] == written["verdict"]
 
 
 def test_on_a_gpu_threshold_and_ancestral_rows_keep_their_early_finish(monkeypatch):
