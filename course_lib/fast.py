@@ -550,16 +550,16 @@ class DiffusionRun:
         # masks per row and block, read once: (B, n_blocks)
         masks_left = (x == mask_id).view(s.batch_size, -1, b).sum(-1).tolist()
         n_generated = sum(map(sum, masks_left))
+        self.plan(masks_left, x.device)
         if s.cache is not None:
             s.cache.reset()
         for k, start in enumerate(range(0, s.length, b)):
             end = start + b
-            counts = [row[k] for row in masks_left]
             self.refresh = s.dual
             if self.strategy.startswith("ancestral"):
                 self.ancestral_block(x, start, end, generator)
             else:
-                self.confident_block(x, start, end, counts, generator)
+                self.confident_block(x, start, end, k, generator)
             if s.cached and end < s.length:
                 if self.fuse_commit:  # the next block's first forward writes it
                     self.uncommitted = start if self.uncommitted is None else self.uncommitted
@@ -567,6 +567,25 @@ class DiffusionRun:
                     s.commit_block(x, start, end)
                     self.nfe += 1
         return DiffusionSample(x, self.nfe, self.steps_taken, n_generated)
+
+    def plan(self, masks_left: list[list[int]], device: torch.device) -> None:
+        """What the steps of every block need from the host, built once per call: the
+        schedule's masks left after each step, per row and block (`sampling.masks_left_after`:
+        `left_host` (B, n_blocks, steps) lists, `left_after` the same on the device), and each
+        ancestral step's chance of revealing (`reveal`, a tensor on the device with
+        no_host_reads). A copy to a GPU waits for the work queued before it: once a call, not
+        once a block."""
+        steps = len(self.alphas) - 1
+        B, n_blocks = len(masks_left), len(masks_left[0])
+        self.masks_left = masks_left
+        if self.strategy.startswith("ancestral"):
+            self.reveal = [sampling.reveal_probability(self.alphas, j) for j in range(steps)]
+            if self.options.no_host_reads:  # a tensor, which a captured step reads
+                self.reveal = torch.tensor(self.reveal, dtype=torch.float64, device=device)
+            return
+        left = sampling.masks_left_after(torch.tensor(masks_left).view(-1), self.alphas)
+        left = left.view(B, n_blocks, steps)
+        self.left_host, self.left_after = left.tolist(), left.to(device)
 
     def still_masked(self, block) -> bool:
         """Whether the block has a masked position left."""
@@ -582,12 +601,9 @@ class DiffusionRun:
 
     def ancestral_block(self, x, start, end, generator) -> None:
         """Ancestral steps on x[:, start:end], committing into x (`sampling.ancestral_steps`)."""
-        steps = len(self.alphas) - 1
-        reveal = [sampling.reveal_probability(self.alphas, j) for j in range(steps)]
+        steps, reveal = len(self.alphas) - 1, self.reveal  # each step's chance of revealing
         update = functools.partial(ancestral_update, mask_id=self.mask_id)
         noise = self.block_noise(x, start, end, 2, generator)  # None: each step draws its own
-        if noise is not None:  # each step's chance of revealing, a tensor the graph reads
-            reveal = torch.tensor(reveal, dtype=torch.float64, device=x.device)
         probs, changed = None, True
         for j in range(steps):
             block = x[:, start:end]  # (B, b), a view: commits write into x
@@ -626,20 +642,19 @@ class DiffusionRun:
         shape = (len(self.alphas) - 1, per_step, x.shape[0], end - start)
         return draw_uniforms(shape, generator, x.device)
 
-    def confident_block(self, x, start, end, counts, generator) -> None:
-        """Confidence or threshold steps on x[:, start:end] (`sampling.confident_steps`);
-        `counts` holds each row's masks at the block's start."""
+    def confident_block(self, x, start, end, k, generator) -> None:
+        """Confidence or threshold steps on x[:, start:end], block `k` of the call
+        (`sampling.confident_steps`)."""
         steps = len(self.alphas) - 1
         # the schedule's masks left after each step, per row: (B, steps), the reference's rule
-        left_after = sampling.masks_left_after(torch.tensor(counts), self.alphas)
-        left_host, left_after = left_after.tolist(), left_after.to(x.device)
+        left_host, left_after = [row[k] for row in self.left_host], self.left_after[:, k]
         # "confidence" commits exactly its quota, so the host can follow the mask counts
         # without reading them back; "threshold" commits more, so it must read them
         host_knows = self.options.no_sync and self.threshold is None
         rule = dict(confidence=self.confidence, threshold=self.threshold)  # the reference's
         update = functools.partial(confident_update, mask_id=self.mask_id, **rule)
         noise = self.block_noise(x, start, end, 1, generator)  # None: each step draws its own
-        n_host = list(counts)
+        n_host = [row[k] for row in self.masks_left]  # each row's masks at the block's start
         for j in range(steps):
             block = x[:, start:end]  # (B, b), a view: commits write into x
             if host_knows and not any(n_host):

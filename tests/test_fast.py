@@ -185,6 +185,28 @@ def test_the_gpu_loop_writes_the_reference_tokens_where_every_block_ran_all_its_
         assert full == 2
 
 
+@pytest.mark.parametrize("strategy", ["confidence", "ancestral"])
+def test_what_the_steps_need_from_the_host_is_built_once_per_call(strategy, models, monkeypatch):
+    """The schedule's counts and reveal chances reach the device in one copy per call, not
+    one per block: on a GPU such a copy waits for the queued work. As many are built for a
+    call of 4 blocks as for one of 2."""
+    built = []
+    for name in ("masks_left_after", "reveal_probability"):
+        rule = getattr(sampling, name)
+        spy = lambda *args, rule=rule, name=name: built.append(name) or rule(*args)  # noqa: E731
+        monkeypatch.setattr(sampling, name, spy)
+
+    def count(length):
+        built.clear()
+        sampler = fast.FastDiffusionSampler(
+            models["block_causal"], length=length, batch_size=2, options=GPU_LOOP
+        )
+        sampler(steps_per_block=4, strategy=strategy, generator=torch.Generator().manual_seed(0))
+        return len(built)
+
+    assert count(2 * BLOCK) == count(4 * BLOCK) == (1 if strategy == "confidence" else 4)
+
+
 class CPUReplay:
     """A CUDA graph's contract, kept on a CPU (a stand-in for `fast.GraphedStep`): at capture
     it keeps `fn` and copies of the inputs; each call copies its inputs into those copies,
