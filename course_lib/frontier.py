@@ -493,7 +493,12 @@ def verdict(rows: list[dict], gpus: Sequence[str], reference: dict | None = None
     # speculative decoding writes exactly AR's distribution (tests/test_speculative.py): its
     # rows count whatever their measured quality, which differs from AR's only by noise
     speculative = [r for r in rows if r["sampler"] == "speculative"]
-    closest = min(diffusion, key=lambda r: quality_gap(r, reference), default=None)
+    # fused and unfused rows write the same samples: a tie goes to more tokens per forward
+    closest = min(
+        diffusion,
+        key=lambda r: (quality_gap(r, reference), -r["tokens_per_forward"]),
+        default=None,
+    )
 
     def compare(speed: Callable[[dict], float]) -> dict:
         best = _fastest(matched, speed)

@@ -77,6 +77,7 @@ def _row(model, sampler, setting, ppl, entropy, speed, gpu_speed=None):
         "judge_ppl": ppl,
         "entropy_bits": entropy,
         "tokens_per_s": speed,
+        "tokens_per_forward": 1.0,
         "predicted_tokens_per_s": gpus,
     }
 
@@ -125,6 +126,10 @@ def test_with_no_matched_diffusion_row_the_verdict_says_so_and_names_the_closest
     assert v["closest_entropy_difference"] == pytest.approx(-0.1)
     assert frontier.quality_gap(rows[-1], rows[0]) == pytest.approx(10.0)
     assert v["sentence"].startswith("No diffusion setting matches")
+    fused = _row("d", "threshold", {"threshold": 0.9, "fuse_commit": True}, 8.0, 4.4, 350.0)
+    fused["tokens_per_forward"] = 1.3
+    v = frontier.verdict([*rows, fused], ["G1"])  # the same quality: the faster row is named
+    assert "fuse_commit=True" in v["closest_diffusion"]
     with pytest.raises(ValueError, match="temperature 1.0"):
         frontier.verdict(rows[1:], ["G1"])
 
