@@ -6,13 +6,15 @@ at most 1.10x that of AR's samples at temperature 1 and its entropy within 0.15 
 theirs. Speculative AR writes exactly AR's distribution (tests/test_speculative.py), yet its
 rows land off AR's: whatever separates them is the noise of 32 samples per row, if the
 implementation is right. This script measures that noise instead of assuming it: it draws
-AR's reference row and speculative AR (draft 4) with the frontier's own functions, once with
-the frontier's seeds (0..n-1) and again with other seed sets (1000k..1000k+n-1), and scores
-every set against AR's first, as the frontier scores a row. Two sets of one distribution
-land as far apart as the noise says; a systematic difference shows as a gap of one sign in
-every set.
+AR's row and speculative AR (draft 4) with the frontier's own functions, once with the
+frontier's seeds (0..n-1) and again with other seed sets (1000k..1000k+n-1), and scores every
+set against AR's first, as a frontier that matched rows against AR's row of 32 samples would.
+Sets of one distribution land as far apart as the noise says. (A gap of one sign in every
+set is no proof of a difference: it is also what an outlying first set gives.) What it found
+is why the frontier matches rows against a reference of many samples
+(`measure_reference` in course_lib/frontier.py); notebook 12 scores these sets against it too.
 
-    python scripts/frontier_noise.py                 # 6 seed sets of 32 samples: ~8 minutes
+    python scripts/frontier_noise.py                 # 6 seed sets of 32 samples: ~3 minutes
     python scripts/frontier_noise.py --sets 2 --samples 8 --out noise.json
 
 One CPU thread. It writes what it prints, with the machine and the protocol, to
@@ -112,16 +114,16 @@ def _row_text(row: dict) -> str:
 
 def report(result: dict) -> str:
     """The table notebook 12 prints."""
-    lines = [f"{'set':>3} {'sampler':<12} {'judge ppl':>13} {'/AR':>6} {'dH':>6} {'matched':>8}"]
+    lines = [f"{'set':>3} {'sampler':<12} {'judge ppl':>13} {'/set 0':>7} {'dH':>6} {'matched':>8}"]
     for r in result["rows"]:
         ppl = f"{r['judge_ppl']:.2f} ± {r['judge_ppl_se']:.2f}"
         lines.append(
-            f"{r['seed_set']:>3} {r['sampler']:<12} {ppl:>13} {r['ppl_ratio']:>6.2f} "
+            f"{r['seed_set']:>3} {r['sampler']:<12} {ppl:>13} {r['ppl_ratio']:>7.2f} "
             f"{r['entropy_diff']:>+6.2f} {'yes' if r['matched'] else 'no':>8}"
         )
     for sampler, s in result["summary"].items():
         lines.append(
-            f"{sampler}, {s['sets']} sets against set 0 of ar: /AR {s['ppl_ratio_min']:.2f} to "
+            f"{sampler}, {s['sets']} sets against set 0 of ar: /set 0 {s['ppl_ratio_min']:.2f} to "
             f"{s['ppl_ratio_max']:.2f}, dH {s['entropy_diff_min']:+.2f} to "
             f"{s['entropy_diff_max']:+.2f} (mean {s['entropy_diff_mean']:+.2f}), matched "
             f"{s['matched']} of {s['sets']}"
@@ -157,10 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "environment": env.describe_environment(device),
         "protocol": {
-            "what": "the frontier's AR reference row and speculative AR (draft 4) at several seed "
-            f"sets, each scored against AR's first set as the frontier scores a row (scripts/"
-            f"frontier_noise.py); set k draws sample i with seed {SEED_STRIDE}k + i, set 0 is "
-            "the frontier's own seeds",
+            "what": "the frontier's AR row and speculative AR (draft 4) at several seed sets, "
+            "each scored against AR's first set as a frontier matching rows against AR's row "
+            f"would (scripts/frontier_noise.py); set k draws sample i with seed {SEED_STRIDE}k "
+            "+ i, set 0 is the frontier's own seeds",
             "samples_per_set": args.samples,
             "judge": f"{args.judge}.pt",
             "quality": {k: frontier.PROTOCOL[k] for k in ("judge_ppl", "entropy_bits")},
