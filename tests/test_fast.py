@@ -208,11 +208,13 @@ def test_what_the_steps_need_from_the_host_is_built_once_per_call(strategy, mode
 
 
 class CPUReplay:
-    """A CUDA graph's contract, kept on a CPU (a stand-in for `fast.GraphedStep`): at capture
-    it keeps `fn` and copies of the inputs; each call copies its inputs into those copies,
-    runs the kept `fn` on them and writes the result into the outputs of capture. A step
-    reading a Python value that its graph's key or `fn` left out would replay a stale one
-    here too, and a caller keeping an output past the next call would see it overwritten."""
+    """A CUDA graph's contract, as far as a CPU can keep it (a stand-in for `fast.GraphedStep`):
+    at capture it keeps `fn`, with the settings bound into it, and copies of the inputs; each
+    call copies its inputs into those copies, runs the kept `fn` on them and writes the result
+    into the outputs of capture. So a graph key that leaves a setting out replays the stale
+    setting here too, and a caller keeping an output past the next call sees it overwritten.
+    What capture itself forbids (a read of a value, a copy from the host) it cannot see: only a
+    GPU run checks that."""
 
     def __init__(self, fn, *inputs):
         self.fn, self.inputs = fn, [t.clone() for t in inputs]
