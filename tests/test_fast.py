@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import fast, sampling
+from course_lib import fast, fast_options, sampling
 from course_lib.model import ModelConfig, Transformer
 
 V, L, BLOCK = 11, 32, 8
@@ -521,7 +521,8 @@ def test_prepacked_weights_are_refused_where_they_cannot_run(models, monkeypatch
         fast.FastARDecoder(
             models["causal"], options=fast.AROptimizations(prepacked_weights=True, compile=True)
         )
-    monkeypatch.setattr(fast, "packing_problem", lambda: "no oneDNN in this build")
+    # where the stages and the checks live (fast re-exports them)
+    monkeypatch.setattr(fast_options, "packing_problem", lambda: "no oneDNN in this build")
     assert "prepacked_weights" not in dict(fast.stages_for("cpu"))
     assert not any(options.prepacked_weights for _, options in fast.stages_for("cpu"))
     with pytest.raises(ValueError, match="no oneDNN in this build"):
@@ -534,7 +535,8 @@ def test_gpu_switches_are_refused_on_a_cpu_with_a_reason(models, monkeypatch):
         fast.FastDiffusionSampler(models["block_causal"], length=L, options=options)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         fast.FastARDecoder(models["causal"], options=fast.AROptimizations(cuda_graphs=True))
-    monkeypatch.setattr(fast, "half_dtype", lambda device: None)  # a CPU without bf16 units
+    # a CPU without bf16 units, seen by the checks and the stages (fast_options)
+    monkeypatch.setattr(fast_options, "half_dtype", lambda device: None)
     with pytest.raises(ValueError, match="many times slower"):
         fast.FastDiffusionSampler(
             models["block_causal"], length=L, options=fast.DiffusionOptimizations(bf16=True)
@@ -630,7 +632,8 @@ def test_the_16_bit_samplers_run_in_the_chosen_dtype_with_float32_logits_in_fp16
 ):
     """Whatever `half_dtype` picks, the samplers run a copy in it (the caller's model stays
     float32) and write valid text; in float16 the last norm and the logits stay float32."""
-    monkeypatch.setattr(fast, "half_dtype", lambda device: dtype)
+    for module in (fast, fast_options):  # the samplers' copy, and the checks and stages
+        monkeypatch.setattr(module, "half_dtype", lambda device: dtype)
     name, options = fast.cpu_bf16_stage()
     assert name == "bf16" and options.bf16 and not options.prepacked_weights
     sampler = fast.FastDiffusionSampler(models["block_causal"], length=L, options=options)
