@@ -571,6 +571,24 @@ def _sentence(v: dict) -> str:
     )
 
 
+def _new_result(device: torch.device, judge: str, n_samples: int) -> dict:
+    """A frontier file before its rows: when, where, and by what protocol."""
+    from course_lib import checkpoints
+
+    manifest = checkpoints.read_manifest(env.DATA_DIR / "checkpoints")
+    return {
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "environment": env.describe_environment(device),
+        "protocol": {
+            **PROTOCOL,
+            "samples_per_row": n_samples,
+            "threads": torch.get_num_threads(),
+            "judge": {"checkpoint": f"{judge}.pt", **manifest.get(f"{judge}.pt", {})},
+        },
+        "rows": [],
+    }
+
+
 def _load_checkpoints(names: set[str], device: torch.device) -> dict[str, Transformer]:
     """The shipped checkpoints `names` from data/checkpoints/, or an error naming the missing."""
     from course_lib import checkpoints
@@ -640,7 +658,7 @@ def run_frontier(
     samples pooled (`measure_reference`). `settings` defaults to `default_settings` for the
     models given.
     """
-    from course_lib import checkpoints, data, hardware
+    from course_lib import data, hardware
 
     device = env.get_device()
     names = {judge, ar, *diffusion} | ({draft} if draft else set())
@@ -649,19 +667,8 @@ def run_frontier(
         settings = default_settings({n: models[n].config for n in diffusion}, ar=ar, draft=draft)
     tokenizer = data.CharTokenizer()
     train_text = data.load_corpus("pystdlib").train
-    manifest = checkpoints.read_manifest(env.DATA_DIR / "checkpoints")
     out = Path(out) if out else env.DATA_DIR / "results" / f"frontier-{device.type}.json"
-    result = {
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "environment": env.describe_environment(device),
-        "protocol": {
-            **PROTOCOL,
-            "samples_per_row": n_samples,
-            "threads": torch.get_num_threads(),
-            "judge": {"checkpoint": f"{judge}.pt", **manifest.get(f"{judge}.pt", {})},
-        },
-        "rows": [],
-    }
+    result = _new_result(device, judge, n_samples)
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     log(f"  the quality reference: {reference_samples} samples of {ar} at temperature 1")
