@@ -28,13 +28,18 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from course_lib import env
-from course_lib.model import ModelConfig, Transformer, device_and_dtype
+from course_lib.frontier_sampling import (  # noqa: F401 (re-exported: frontier.Setting, ...)
+    Draws,
+    Setting,
+    default_settings,
+    draw_samples,
+)
+from course_lib.model import Transformer
 
 PPL_RATIO = 1.10  # matched: judge perplexity at most this times AR's (temperature 1)
 ENTROPY_BITS = 0.15  # matched: unigram entropy within this many bits of AR's
@@ -42,6 +47,10 @@ REFERENCE = ("ar", {"temperature": 1.0})  # the sampler whose samples define "ma
 # its samples pooled for the quality reference: at a row's 32, AR's own sample sets fail the
 # entropy test against each other (scripts/frontier_noise.py, notebook 12)
 REFERENCE_SAMPLES = 192
+# a diffusion row the noise could have put on either side of the band is measured again on
+# fresh seeds before it counts: the fastest of many noisy rows is the one its noise flattered
+CONFIRM_SAMPLES = 96
+CONFIRM_SEED = 100_000  # clear of the rows' seeds (0..), the reference's and frontier_noise's
 DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral")
 # the diffusion checkpoints compared
 DEFAULT_DIFFUSION = (
@@ -172,163 +181,6 @@ def is_matched(row: dict, reference: dict) -> bool:
     )
 
 
-# -- the settings and how each is sampled ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One frontier row's recipe: a checkpoint, a sampler and its knobs."""
-
-    model: str
-    sampler: str  # "ar", "speculative", or one of DIFFUSION_SAMPLERS
-    setting: dict = field(default_factory=dict)
-
-    def label(self) -> str:
-        knobs = ", ".join(f"{k}={v}" for k, v in self.setting.items())
-        return f"{self.model} {self.sampler} ({knobs})"
-
-
-def default_settings(
-    diffusion_models: dict[str, ModelConfig],
-    *,
-    ar: str = "ar-small",
-    draft: str | None = "ar-draft",
-    tokens_per_step: Sequence[int] = (1, 2, 4, 8),
-    thresholds: Sequence[float] = (0.9, 0.7, 0.5),
-    draft_lens: Sequence[int] = (2, 4),
-) -> list[Setting]:
-    """AR at temperatures 1.0 and 0.8, speculative AR, and every diffusion model under
-    confidence, threshold and ancestral decoding at several tokens per forward."""
-    settings = [Setting(ar, "ar", {"temperature": t}) for t in (1.0, 0.8)]
-    if draft is not None:
-        settings += [
-            Setting(ar, "speculative", {"draft": draft, "draft_len": n, "temperature": 1.0})
-            for n in draft_lens
-        ]
-    for name, config in diffusion_models.items():
-        block = config.block_len or config.context_len
-        steps = [block // k for k in tokens_per_step if block % k == 0 and k <= block]
-        # block-causal models: each setting also with the commit fused into the next forward
-        # (the fast sampler, which fuses, does not yet decode a next-token-shift model)
-        fusable = config.attention == "block_causal" and not config.next_token_shift
-        commits = [{}, {"fuse_commit": True}] if fusable else [{}]
-        for commit in commits:
-            settings += [
-                Setting(
-                    name, "confidence", {"steps_per_block": s, "confidence": "margin", **commit}
-                )
-                for s in steps
-            ]
-            settings += [
-                Setting(
-                    name,
-                    "threshold",
-                    {"steps_per_block": block, "threshold": t, "confidence": "margin", **commit},
-                )
-                for t in thresholds
-            ]
-            settings += [
-                Setting(name, "ancestral", {"steps_per_block": s, **commit}) for s in steps[:3]
-            ]
-    return settings
-
-
-@dataclass
-class Draws:
-    """What the batch-1 calls of one setting wrote and cost."""
-
-    tokens: torch.Tensor  # (n, L)
-    prompt_len: int
-    n_tokens: int = 0  # written, all calls
-    forwards: int = 0  # of the model (target)
-    draft_forwards: int = 0
-    seconds: float = 0.0  # all timed calls: CPU seconds on a CPU, wall seconds on a GPU
-
-
-def draw_samples(
-    setting: Setting, models: dict[str, Transformer], n_samples: int, seed: int = 0
-) -> Draws:
-    """Sample `n_samples` sequences, one call each, after one untimed warm-up call."""
-    from course_lib import fast, sampling, speculative
-
-    model = models[setting.model]
-    device, _ = device_and_dtype(model)
-    L = model.config.context_len
-    rows, written, forwards, draft_forwards, seconds = [], 0, 0, 0, 0.0
-    knobs = dict(setting.setting)
-    if setting.sampler == "ar":
-        stage = _last_stage(device, fast.AR_STAGES)
-        decoder = fast.FastARDecoder(model, options=stage)
-        prompt = torch.ones(1, 1, dtype=torch.long, device=device)  # a newline
-
-        def call(generator):
-            out = decoder(prompt=prompt, n_tokens=L - 1, generator=generator, **knobs)
-            return out[0], L - 1, L - 1, 0
-
-        prompt_len = 1
-    elif setting.sampler == "speculative":
-        draft = models[knobs.pop("draft")]
-        prompt = torch.ones(1, dtype=torch.long, device=device)
-
-        def call(generator):
-            out = speculative.sample_speculative(
-                model, draft, prompt=prompt, n_tokens=L - 1, generator=generator, **knobs
-            )
-            return out.tokens[0], out.n_tokens, out.target_forwards, out.draft_forwards
-
-        prompt_len = 1
-    elif model.config.next_token_shift:  # the reference block sampler, from a newline
-        prompt = torch.ones(1, dtype=torch.long, device=device)
-        block_len = model.config.block_len
-
-        def call(generator):
-            out = sampling.sample_block_diffusion(
-                model,
-                length=L,
-                block_len=block_len,
-                strategy=setting.sampler,
-                prompt=prompt,
-                generator=generator,
-                **knobs,
-            )
-            return out.tokens[0], out.n_generated, out.nfe, 0
-
-        prompt_len = 1
-    else:
-        stage = _last_stage(device, fast.DIFFUSION_STAGES)
-        if setting.sampler != "confidence":  # a fixed step count would cost the forwards
-            stage = replace(stage, no_host_reads=False)  # that finishing early saves
-        sampler = fast.FastDiffusionSampler(model, length=L, options=stage)
-        strategy = "confidence" if setting.sampler == "confidence" else setting.sampler
-
-        def call(generator):
-            out = sampler(strategy=strategy, generator=generator, **knobs)
-            return out.tokens[0], out.n_generated, out.nfe, 0
-
-        prompt_len = 0
-    # on a CPU, process time is steadier than wall time beside other jobs (not immune: a
-    # job on the other core moved it by a quarter once); a GPU works while the host waits
-    clock = time.process_time if device.type == "cpu" else time.perf_counter
-    call(torch.Generator(device=device).manual_seed(seed - 1))  # warm-up, untimed
-    for i in range(n_samples):
-        generator = torch.Generator(device=device).manual_seed(seed + i)
-        env.synchronize(device)
-        start = clock()
-        tokens, n, f, d = call(generator)
-        env.synchronize(device)
-        seconds += clock() - start
-        rows.append(tokens.cpu())
-        written, forwards, draft_forwards = written + n, forwards + f, draft_forwards + d
-    return Draws(torch.stack(rows), prompt_len, written, forwards, draft_forwards, seconds)
-
-
-def _last_stage(device: torch.device, stages: list):
-    """The optimized sampler's last stage that runs here, compile left out (it has its own rows)."""
-    from course_lib import fast
-
-    return fast.final_stage(fast.stages_for(device, stages))[1]
-
-
 # -- what the roofline model predicts for the same shapes on each catalog GPU ---------------
 
 
@@ -426,6 +278,48 @@ def ar_row(rows: list[dict]) -> dict:
     return row
 
 
+def measure_quality(
+    setting: Setting,
+    models: dict[str, Transformer],
+    judge: Transformer,
+    *,
+    n_samples: int,
+    row_samples: int,
+    seed: int,
+    train_text: str,
+    decode: Callable[[list[int]], str],
+) -> dict:
+    """The quality of `n_samples` of a setting's samples (seeds seed to seed+n-1), measured
+    so as to be compared with a row of `row_samples`.
+
+    The judge's perplexity is a mean over samples, so it pools them all. The entropy of a
+    set of samples pooled grows with the set (each sample's characters differ a little, and
+    a mixture has more entropy than its parts), so it is the mean entropy of sets of a row's
+    size: the samples cut into consecutive sets (`entropy_bits`, their spread in
+    `entropy_bits_sd`).
+    """
+    if n_samples % row_samples or n_samples < 2 * row_samples:
+        raise ValueError(
+            f"{n_samples} samples must be two or more sets of a row's {row_samples}: a "
+            f"multiple of {row_samples}"
+        )
+    from course_lib import metrics
+
+    draws = draw_samples(setting, models, n_samples, seed)
+    quality = judge_quality(
+        draws.tokens, judge, prompt_len=draws.prompt_len, train_text=train_text, decode=decode
+    )
+    generated = draws.tokens[:, draws.prompt_len :]
+    sets = [metrics.unigram_entropy(s) for s in generated.split(row_samples)]
+    return quality | {
+        "entropy_bits": statistics.fmean(sets),
+        "entropy_bits_sd": statistics.stdev(sets),
+        "entropy_sets": len(sets),
+        "pooled_entropy_bits": quality["entropy_bits"],
+        "seed": seed,
+    }
+
+
 def measure_reference(
     models: dict[str, Transformer],
     judge: Transformer,
@@ -437,44 +331,82 @@ def measure_reference(
     decode: Callable[[list[int]], str],
 ) -> dict:
     """The quality rows are matched against: AR's samples at temperature 1 (`REFERENCE`),
-    `n_samples` of them, drawn as the AR row draws its own (seeds 0 to n-1).
-
-    The judge's perplexity is a mean over samples, so it pools them all. The entropy of a
-    set of samples pooled grows with the set (each sample's characters differ a little, and
-    a mixture has more entropy than its parts), so a row's `row_samples` are compared with
-    the mean entropy of sets of that size: the reference's samples cut into consecutive
-    sets (`entropy_bits`, their spread in `entropy_bits_sd`).
-    """
-    if n_samples % row_samples or n_samples < 2 * row_samples:
-        raise ValueError(
-            f"the reference's {n_samples} samples must be two or more sets of a row's "
-            f"{row_samples}: a multiple of {row_samples}"
-        )
+    `n_samples` of them, drawn as the AR row draws its own (seeds 0 to n-1), measured by
+    `measure_quality`."""
     sampler, knobs = REFERENCE
     setting = Setting(ar, sampler, dict(knobs))
-    draws = draw_samples(setting, models, n_samples)
-    quality = judge_quality(
-        draws.tokens, judge, prompt_len=draws.prompt_len, train_text=train_text, decode=decode
+    quality = measure_quality(
+        setting,
+        models,
+        judge,
+        n_samples=n_samples,
+        row_samples=row_samples,
+        seed=0,
+        train_text=train_text,
+        decode=decode,
     )
-    from course_lib import metrics
-
-    generated = draws.tokens[:, draws.prompt_len :]
-    sets = [metrics.unigram_entropy(s) for s in generated.split(row_samples)]
-    quality |= {
-        "entropy_bits": statistics.fmean(sets),
-        "entropy_bits_sd": statistics.stdev(sets),
-        "entropy_sets": len(sets),
-        "pooled_entropy_bits": quality["entropy_bits"],
-    }
     return {"model": ar, "sampler": sampler, "setting": dict(knobs), **quality}
 
 
-def mark_matched(rows: list[dict], reference: dict | None = None) -> dict:
-    """Set every row's `matched_quality` against `reference` (a file's pooled reference,
-    `measure_reference`), or, for a file without one, AR's row; return the reference used."""
-    reference = reference or ar_row(rows)
+def needs_confirming(row: dict, reference: dict) -> bool:
+    """Whether a diffusion row is near enough the band for its noise to decide: its
+    perplexity within two standard errors of the limit or below it, and its entropy within
+    the tolerance plus two of the reference's set-to-set deviations (or within the
+    tolerance, for a reference without them)."""
+    if row["sampler"] not in DIFFUSION_SAMPLERS:
+        return False
+    ppl_limit = PPL_RATIO * reference["judge_ppl"]
+    entropy_limit = ENTROPY_BITS + 2 * reference.get("entropy_bits_sd", 0.0)
+    return (
+        row["judge_ppl"] - 2 * row["judge_ppl_se"] <= ppl_limit
+        and abs(row["entropy_bits"] - reference["entropy_bits"]) <= entropy_limit
+    )
+
+
+def confirm_rows(
+    rows: list[dict],
+    reference: dict,
+    models: dict[str, Transformer],
+    judge: Transformer,
+    *,
+    row_samples: int,
+    train_text: str,
+    decode: Callable[[list[int]], str],
+    log: Callable[[str], None] = print,
+) -> int:
+    """Measure every row `needs_confirming` again on CONFIRM_SAMPLES fresh samples
+    (`measure_quality`) into its "confirmation", which then decides whether it is matched.
+    A setting's fused and unfused rows share their samples, so they share one. Returns how
+    many settings were measured."""
+    done: dict[str, dict] = {}
     for row in rows:
-        row["matched_quality"] = is_matched(row, reference)
+        if not needs_confirming(row, reference):
+            continue
+        knobs = {k: v for k, v in row["setting"].items() if k != "fuse_commit"}
+        setting = Setting(row["model"], row["sampler"], knobs)
+        if setting.label() not in done:
+            log(f"  confirming {setting.label()} on {CONFIRM_SAMPLES} fresh samples")
+            done[setting.label()] = measure_quality(
+                setting,
+                models,
+                judge,
+                n_samples=CONFIRM_SAMPLES,
+                row_samples=row_samples,
+                seed=CONFIRM_SEED,
+                train_text=train_text,
+                decode=decode,
+            )
+        row["confirmation"] = done[setting.label()]
+    return len(done)
+
+
+def mark_matched(rows: list[dict], reference: dict | None = None) -> dict:
+    """Set every row's `matched_quality` against `reference` (a file's reference,
+    `measure_reference`), or, for a file without one, AR's row; return the reference used.
+    A row with a "confirmation" (`confirm_rows`) is judged by it."""
+    reference = reference or ar_row(rows)
+    for row in rows:  # a confirmed row is judged by its confirmation, on fresh samples
+        row["matched_quality"] = is_matched(row.get("confirmation", row), reference)
     return reference
 
 
@@ -496,9 +428,10 @@ def verdict(rows: list[dict], gpus: Sequence[str], reference: dict | None = None
     # fused and unfused rows write the same samples: a tie goes to more tokens per forward
     closest = min(
         diffusion,
-        key=lambda r: (quality_gap(r, reference), -r["tokens_per_forward"]),
+        key=lambda r: (quality_gap(judged(r), reference), -r["tokens_per_forward"]),
         default=None,
     )
+    judged_closest = judged(closest) if closest else None
 
     def compare(speed: Callable[[dict], float]) -> dict:
         best = _fastest(matched, speed)
@@ -527,15 +460,23 @@ def verdict(rows: list[dict], gpus: Sequence[str], reference: dict | None = None
         "matched_diffusion_rows": len(matched),
         "diffusion_rows": len(diffusion),
         "closest_diffusion": row_label(closest),
-        "closest_ppl_ratio": closest["judge_ppl"] / reference["judge_ppl"] if closest else None,
+        "closest_confirmed": bool(closest and "confirmation" in closest),
+        "closest_ppl_ratio": (
+            judged_closest["judge_ppl"] / reference["judge_ppl"] if closest else None
+        ),
         "closest_entropy_difference": (
-            closest["entropy_bits"] - reference["entropy_bits"] if closest else None
+            judged_closest["entropy_bits"] - reference["entropy_bits"] if closest else None
         ),
         "cpu": compare(lambda r: r["tokens_per_s"]),
         "gpus": {g: compare(lambda r, g=g: r["predicted_tokens_per_s"][g]) for g in gpus},
     }
     result["sentence"] = _sentence(result)
     return result
+
+
+def judged(row: dict) -> dict:
+    """The quality a row is judged by: its confirmation (`confirm_rows`) if it has one."""
+    return row.get("confirmation", row)
 
 
 def row_label(row: dict | None) -> str | None:
@@ -553,9 +494,10 @@ def _sentence(v: dict) -> str:
         return (
             f"No diffusion setting matches AR's quality: of {v['diffusion_rows']} diffusion rows, "
             f"the closest ({v['closest_diffusion']}) has {v['closest_ppl_ratio']:.2f}x AR's judge "
-            f"perplexity and {v['closest_entropy_difference']:+.2f} bits of entropy (matched: at "
-            f"most {PPL_RATIO:.2f}x and within {ENTROPY_BITS} bits). AR stays the fastest way to "
-            "write text of its quality here."
+            f"perplexity and {v['closest_entropy_difference']:+.2f} bits of entropy"
+            + (", measured again on fresh samples" if v.get("closest_confirmed") else "")
+            + f" (matched: at most {PPL_RATIO:.2f}x and within {ENTROPY_BITS} bits). AR stays "
+            "the fastest way to write text of its quality here."
         )
     won = [g for g, c in v["gpus"].items() if c["diffusion_wins"]]
     return (
@@ -577,7 +519,7 @@ def _new_result(device: torch.device, judge: str, n_samples: int) -> dict:
 
     manifest = checkpoints.read_manifest(env.DATA_DIR / "checkpoints")
     return {
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "created": _now(),
         "environment": env.describe_environment(device),
         "protocol": {
             **PROTOCOL,
@@ -604,9 +546,10 @@ def _load_checkpoints(names: set[str], device: torch.device) -> dict[str, Transf
 
 
 def add_reference(path: str | Path, n_samples: int = REFERENCE_SAMPLES) -> dict:
-    """Measure the pooled quality reference (`measure_reference`) for an existing frontier
-    file, with its AR model and judge, and recompute its verdict: the reference's samples are
-    drawn by seed, so this is the reference the file's own run would have measured."""
+    """Measure the quality reference (`measure_reference`) of an existing frontier file, with
+    its AR model and judge, confirm the rows near the band (`confirm_rows`) and recompute its
+    verdict: samples are drawn by seed, so these are what the file's own run would have
+    measured."""
     from course_lib import data
 
     path = Path(path)
@@ -614,18 +557,23 @@ def add_reference(path: str | Path, n_samples: int = REFERENCE_SAMPLES) -> dict:
     ar, judge = ar_row(result["rows"])["model"], result["protocol"]["judge"]["checkpoint"]
     judge = judge.removesuffix(".pt")
     models = _load_checkpoints({ar, judge}, env.get_device())
-    result["reference"] = measure_reference(
-        models,
-        models[judge],
-        ar=ar,
-        n_samples=n_samples,
-        row_samples=result["protocol"]["samples_per_row"],
-        train_text=data.load_corpus("pystdlib").train,
-        decode=data.CharTokenizer().decode,
+    text = dict(train_text=data.load_corpus("pystdlib").train, decode=data.CharTokenizer().decode)
+    row_samples = result["protocol"]["samples_per_row"]
+    reference = measure_reference(
+        models, models[judge], ar=ar, n_samples=n_samples, row_samples=row_samples, **text
     )
-    result["reference"]["added"] = datetime.datetime.now().isoformat(timespec="seconds")
+    result["reference"] = reference | {"added": _now()}
+    near = {r["model"] for r in result["rows"] if needs_confirming(r, reference)}
+    models |= _load_checkpoints(near - models.keys(), env.get_device())
+    for row in result["rows"]:
+        row.pop("confirmation", None)
+    confirm_rows(result["rows"], reference, models, models[judge], row_samples=row_samples, **text)
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     return rewrite_verdict(path)
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
 
 
 def rewrite_verdict(path: str | Path) -> dict:
@@ -655,8 +603,8 @@ def run_frontier(
 
     Missing checkpoints are named in the error. Batch 1 on this machine's device; the
     optimized samplers' last stage; quality by `judge`, against `reference_samples` of AR's
-    samples pooled (`measure_reference`). `settings` defaults to `default_settings` for the
-    models given.
+    samples (`measure_reference`); the rows near the band measured again (`confirm_rows`).
+    `settings` defaults to `default_settings` for the models given.
     """
     from course_lib import data, hardware
 
@@ -665,34 +613,20 @@ def run_frontier(
     models = _load_checkpoints(names, device)
     if settings is None:
         settings = default_settings({n: models[n].config for n in diffusion}, ar=ar, draft=draft)
-    tokenizer = data.CharTokenizer()
-    train_text = data.load_corpus("pystdlib").train
+    text = dict(train_text=data.load_corpus("pystdlib").train, decode=data.CharTokenizer().decode)
     out = Path(out) if out else env.DATA_DIR / "results" / f"frontier-{device.type}.json"
     result = _new_result(device, judge, n_samples)
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     log(f"  the quality reference: {reference_samples} samples of {ar} at temperature 1")
     result["reference"] = reference = measure_reference(
-        models,
-        models[judge],
-        ar=ar,
-        n_samples=reference_samples,
-        row_samples=n_samples,
-        train_text=train_text,
-        decode=tokenizer.decode,
+        models, models[judge], ar=ar, n_samples=reference_samples, row_samples=n_samples, **text
     )
     failed = result["failed"] = []  # a setting that breaks (a GPU path, say) ends no others
     for setting in settings:
         log(f"  {setting.label()}")
         try:
-            row = measure_row(
-                setting,
-                models,
-                models[judge],
-                n_samples=n_samples,
-                train_text=train_text,
-                decode=tokenizer.decode,
-            )
+            row = measure_row(setting, models, models[judge], n_samples=n_samples, **text)
         except Exception as err:  # named after the others ran, then raised
             failed.append({"setting": setting.label(), "error": f"{type(err).__name__}: {err}"})
             log(f"    failed: {failed[-1]['error']}")
@@ -705,6 +639,9 @@ def run_frontier(
         )
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")  # a cut-off run
         # keeps its rows; the verdict comes with the last
+    confirm_rows(
+        result["rows"], reference, models, models[judge], row_samples=n_samples, log=log, **text
+    )
     result["verdict"] = verdict(result["rows"], list(hardware.CATALOG), reference)
     result["wall_s"] = time.perf_counter() - start
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from course_lib import __main__ as cli
-from course_lib import ceilings, data, frontier, hardware, metrics, roofline
+from course_lib import ceilings, data, frontier, frontier_sampling, hardware, metrics, roofline
 from course_lib.model import ModelConfig, Transformer
 
 
@@ -323,7 +323,7 @@ def test_on_a_gpu_threshold_and_ancestral_rows_keep_their_early_finish(monkeypat
     from course_lib import fast
 
     gpu_like = dataclasses.replace(fast.final_stage(fast.stages_for("cpu"))[1], no_host_reads=True)
-    monkeypatch.setattr(frontier, "_last_stage", lambda device, stages: gpu_like)
+    monkeypatch.setattr(frontier_sampling, "_last_stage", lambda device, stages: gpu_like)
     used = {}
     real = fast.FastDiffusionSampler
 
@@ -377,3 +377,59 @@ def test_the_noise_script_scores_seed_sets_as_the_frontier_scores_rows():
     assert summary["ar"]["sets"] == 1 and summary["speculative"]["sets"] == 2
     assert summary["ar"]["ppl_ratio_min"] == rows[2]["ppl_ratio"]
     assert "set" in noise.report({"rows": rows, "summary": summary})
+
+
+def test_rows_near_the_band_are_measured_again_and_judged_by_that():
+    reference = {"judge_ppl": 4.0, "entropy_bits": 4.5, "entropy_bits_sd": 0.1}
+    reference |= {"model": "ar", "sampler": "ar", "setting": {"temperature": 1.0}}
+    near = _row("d", "confidence", {"steps_per_block": 4}, 4.6, 4.5, 300.0)
+    near["judge_ppl_se"] = 0.1  # 4.6 - 0.2 = 4.4: at the limit of 1.10 x 4.0
+    far = {**near, "judge_ppl": 4.7}
+    spec = {**near, "sampler": "speculative"}  # speculative AR is the bar, never confirmed
+    assert frontier.needs_confirming(near, reference)
+    assert not frontier.needs_confirming(far, reference)
+    assert not frontier.needs_confirming({**near, "entropy_bits": 4.86}, reference)
+    assert frontier.needs_confirming(
+        {**near, "entropy_bits": 4.86}, {**reference, "entropy_bits_sd": 0.11}
+    )
+    assert not frontier.needs_confirming(spec, reference)
+    ar = _row("ar", "ar", {"temperature": 1.0}, 4.0, 4.5, 100.0)
+    lucky = _row("d", "confidence", {"steps_per_block": 2}, 4.3, 4.5, 400.0)
+    lucky["confirmation"] = {"judge_ppl": 4.8, "entropy_bits": 4.5}  # its 32 flattered it
+    v = frontier.verdict([ar, lucky], ["G1"], reference)
+    assert not lucky["matched_quality"] and v["matched_diffusion_rows"] == 0
+    assert v["closest_confirmed"] and v["closest_ppl_ratio"] == pytest.approx(1.2)
+    assert "measured again on fresh samples" in v["sentence"]
+
+
+def test_a_confirmation_draws_fresh_samples_once_per_setting(monkeypatch):
+    models = {"bd3": _tiny("block_causal", 4, 3), "judge": _tiny(seed=1)}
+    decode = data.CharTokenizer().decode
+    rows = [
+        frontier.measure_row(
+            frontier.Setting("bd3", "confidence", {"steps_per_block": 2, **fused}),
+            models,
+            models["judge"],
+            n_samples=2,
+            train_text="x",
+            decode=decode,
+        )
+        for fused in ({}, {"fuse_commit": True})
+    ]
+    # a reference the rows sit on, so that both need confirming
+    reference = {"judge_ppl": rows[0]["judge_ppl"], "entropy_bits": rows[0]["entropy_bits"]}
+    monkeypatch.setattr(frontier, "CONFIRM_SAMPLES", 4)
+    measured = frontier.confirm_rows(
+        rows,
+        reference,
+        models,
+        models["judge"],
+        row_samples=2,
+        train_text="x",
+        decode=decode,
+        log=lambda _: None,
+    )
+    assert measured == 1  # fused and unfused share their samples, so one measurement
+    first, second = (r["confirmation"] for r in rows)
+    assert first is second and first["samples"] == 4 and first["seed"] == frontier.CONFIRM_SEED
+    assert first["judge_ppl"] != rows[0]["judge_ppl"]  # other samples than the row's own

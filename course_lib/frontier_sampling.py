@@ -1,0 +1,170 @@
+"""The frontier's settings and how each is sampled (notebook 12): a `Setting` names a
+checkpoint, a sampler and its knobs; `default_settings` lists the frontier's; `draw_samples`
+draws a setting's samples at batch 1 with the optimized samplers and times them.
+`frontier` re-exports these names (`frontier.Setting` is this module's `Setting`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from course_lib import env
+from course_lib.model import ModelConfig, Transformer, device_and_dtype
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One frontier row's recipe: a checkpoint, a sampler and its knobs."""
+
+    model: str
+    sampler: str  # "ar", "speculative", or one of frontier.DIFFUSION_SAMPLERS
+    setting: dict = field(default_factory=dict)
+
+    def label(self) -> str:
+        knobs = ", ".join(f"{k}={v}" for k, v in self.setting.items())
+        return f"{self.model} {self.sampler} ({knobs})"
+
+
+def default_settings(
+    diffusion_models: dict[str, ModelConfig],
+    *,
+    ar: str = "ar-small",
+    draft: str | None = "ar-draft",
+    tokens_per_step: Sequence[int] = (1, 2, 4, 8),
+    thresholds: Sequence[float] = (0.9, 0.7, 0.5),
+    draft_lens: Sequence[int] = (2, 4),
+) -> list[Setting]:
+    """AR at temperatures 1.0 and 0.8, speculative AR, and every diffusion model under
+    confidence, threshold and ancestral decoding at several tokens per forward."""
+    settings = [Setting(ar, "ar", {"temperature": t}) for t in (1.0, 0.8)]
+    if draft is not None:
+        settings += [
+            Setting(ar, "speculative", {"draft": draft, "draft_len": n, "temperature": 1.0})
+            for n in draft_lens
+        ]
+    for name, config in diffusion_models.items():
+        block = config.block_len or config.context_len
+        steps = [block // k for k in tokens_per_step if block % k == 0 and k <= block]
+        # block-causal models: each setting also with the commit fused into the next forward
+        # (the fast sampler, which fuses, does not yet decode a next-token-shift model)
+        fusable = config.attention == "block_causal" and not config.next_token_shift
+        commits = [{}, {"fuse_commit": True}] if fusable else [{}]
+        for commit in commits:
+            settings += [
+                Setting(
+                    name, "confidence", {"steps_per_block": s, "confidence": "margin", **commit}
+                )
+                for s in steps
+            ]
+            settings += [
+                Setting(
+                    name,
+                    "threshold",
+                    {"steps_per_block": block, "threshold": t, "confidence": "margin", **commit},
+                )
+                for t in thresholds
+            ]
+            settings += [
+                Setting(name, "ancestral", {"steps_per_block": s, **commit}) for s in steps[:3]
+            ]
+    return settings
+
+
+@dataclass
+class Draws:
+    """What the batch-1 calls of one setting wrote and cost."""
+
+    tokens: torch.Tensor  # (n, L)
+    prompt_len: int
+    n_tokens: int = 0  # written, all calls
+    forwards: int = 0  # of the model (target)
+    draft_forwards: int = 0
+    seconds: float = 0.0  # all timed calls: CPU seconds on a CPU, wall seconds on a GPU
+
+
+def draw_samples(
+    setting: Setting, models: dict[str, Transformer], n_samples: int, seed: int = 0
+) -> Draws:
+    """Sample `n_samples` sequences, one call each, after one untimed warm-up call."""
+    from course_lib import fast, sampling, speculative
+
+    model = models[setting.model]
+    device, _ = device_and_dtype(model)
+    L = model.config.context_len
+    rows, written, forwards, draft_forwards, seconds = [], 0, 0, 0, 0.0
+    knobs = dict(setting.setting)
+    if setting.sampler == "ar":
+        stage = _last_stage(device, fast.AR_STAGES)
+        decoder = fast.FastARDecoder(model, options=stage)
+        prompt = torch.ones(1, 1, dtype=torch.long, device=device)  # a newline
+
+        def call(generator):
+            out = decoder(prompt=prompt, n_tokens=L - 1, generator=generator, **knobs)
+            return out[0], L - 1, L - 1, 0
+
+        prompt_len = 1
+    elif setting.sampler == "speculative":
+        draft = models[knobs.pop("draft")]
+        prompt = torch.ones(1, dtype=torch.long, device=device)
+
+        def call(generator):
+            out = speculative.sample_speculative(
+                model, draft, prompt=prompt, n_tokens=L - 1, generator=generator, **knobs
+            )
+            return out.tokens[0], out.n_tokens, out.target_forwards, out.draft_forwards
+
+        prompt_len = 1
+    elif model.config.next_token_shift:  # the reference block sampler, from a newline
+        prompt = torch.ones(1, dtype=torch.long, device=device)
+        block_len = model.config.block_len
+
+        def call(generator):
+            out = sampling.sample_block_diffusion(
+                model,
+                length=L,
+                block_len=block_len,
+                strategy=setting.sampler,
+                prompt=prompt,
+                generator=generator,
+                **knobs,
+            )
+            return out.tokens[0], out.n_generated, out.nfe, 0
+
+        prompt_len = 1
+    else:
+        stage = _last_stage(device, fast.DIFFUSION_STAGES)
+        if setting.sampler != "confidence":  # a fixed step count would cost the forwards
+            stage = replace(stage, no_host_reads=False)  # that finishing early saves
+        sampler = fast.FastDiffusionSampler(model, length=L, options=stage)
+        strategy = "confidence" if setting.sampler == "confidence" else setting.sampler
+
+        def call(generator):
+            out = sampler(strategy=strategy, generator=generator, **knobs)
+            return out.tokens[0], out.n_generated, out.nfe, 0
+
+        prompt_len = 0
+    # on a CPU, process time is steadier than wall time beside other jobs (not immune: a
+    # job on the other core moved it by a quarter once); a GPU works while the host waits
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    call(torch.Generator(device=device).manual_seed(seed - 1))  # warm-up, untimed
+    for i in range(n_samples):
+        generator = torch.Generator(device=device).manual_seed(seed + i)
+        env.synchronize(device)
+        start = clock()
+        tokens, n, f, d = call(generator)
+        env.synchronize(device)
+        seconds += clock() - start
+        rows.append(tokens.cpu())
+        written, forwards, draft_forwards = written + n, forwards + f, draft_forwards + d
+    return Draws(torch.stack(rows), prompt_len, written, forwards, draft_forwards, seconds)
+
+
+def _last_stage(device: torch.device, stages: list):
+    """The optimized sampler's last stage that runs here, compile left out (it has its own rows)."""
+    from course_lib import fast
+
+    return fast.final_stage(fast.stages_for(device, stages))[1]
