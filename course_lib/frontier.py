@@ -48,7 +48,7 @@ REFERENCE = ("ar", {"temperature": 1.0})  # the sampler whose samples define "ma
 # entropy test against each other (scripts/frontier_noise.py, notebook 12)
 REFERENCE_SAMPLES = 192
 # a diffusion row the noise could have put on either side of the band is measured again on
-# fresh seeds before it counts: the fastest of many noisy rows is the one its noise flattered
+# fresh seeds before it counts: the best of many noisy rows is likely one its noise flattered
 CONFIRM_SAMPLES = 96
 CONFIRM_SEED = 100_000  # clear of the rows' seeds (0..), the reference's and frontier_noise's
 DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral")
@@ -493,8 +493,9 @@ def _sentence(v: dict) -> str:
     if not v["matched_diffusion_rows"]:
         return (
             f"No diffusion setting matches AR's quality: of {v['diffusion_rows']} diffusion rows, "
-            f"the closest ({v['closest_diffusion']}) has {v['closest_ppl_ratio']:.2f}x AR's judge "
-            f"perplexity and {v['closest_entropy_difference']:+.2f} bits of entropy"
+            f"the closest ({v['closest_diffusion']}) has {v['closest_ppl_ratio']:.2f}x the judge "
+            "perplexity of the quality reference (AR's samples) and an entropy "
+            f"{v['closest_entropy_difference']:+.2f} bits from its"
             + (", measured again on fresh samples" if v.get("closest_confirmed") else "")
             + f" (matched: at most {PPL_RATIO:.2f}x and within {ENTROPY_BITS} bits). AR stays "
             "the fastest way to write text of its quality here."
