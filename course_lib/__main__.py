@@ -135,7 +135,8 @@ def _frontier(args: argparse.Namespace) -> int:
         print(frontier.rewrite_verdict(path)["sentence"])
         return 0
     if args.reference_only:
-        print(frontier.add_reference(path, reference_samples)["sentence"])
+        confirm = args.confirm_samples or frontier.CONFIRM_SAMPLES
+        print(frontier.add_reference(path, reference_samples, confirm)["sentence"])
         return 0
     frontier.run_frontier(
         judge=args.judge,
@@ -144,6 +145,7 @@ def _frontier(args: argparse.Namespace) -> int:
         diffusion=args.diffusion or frontier.DEFAULT_DIFFUSION,
         n_samples=args.samples,
         reference_samples=reference_samples,
+        confirm_samples=args.confirm_samples or frontier.CONFIRM_SAMPLES,
         out=args.out,
     )
     return 0
@@ -212,6 +214,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frontier_arguments(p: argparse.ArgumentParser) -> None:
+    """The frontier command's options."""
+    p.add_argument("--judge", default="judge-ar", help="the checkpoint that scores the samples")
+    p.add_argument("--ar", default="ar-small", help="the AR model (and speculative target)")
+    p.add_argument("--draft", default="ar-draft", help="speculative decoding's draft model")
+    p.add_argument("--diffusion", action="append", help="a diffusion checkpoint (repeatable)")
+    p.add_argument("--samples", type=int, default=32, help="samples per row (default 32)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--out", help="JSON file (default: data/results/frontier-DEVICE.json)")
+    p.add_argument(
+        "--reference-samples",
+        type=int,
+        help="AR's samples pooled for the quality reference (default: frontier.REFERENCE_SAMPLES)",
+    )
+    p.add_argument(
+        "--confirm-samples",
+        type=int,
+        help="fresh samples for a row near the band (default: frontier.CONFIRM_SAMPLES)",
+    )
+    p.add_argument(
+        "--verdict-only", action="store_true", help="recompute the verdict of an existing file"
+    )
+    p.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="measure the quality reference of an existing file, confirm its rows near the "
+        "band, then recompute its verdict",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from course_lib import roofline_check  # its options are defined beside its code
 
@@ -264,26 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     roofline_check.add_arguments(p)
     p.set_defaults(run=roofline_check.run)
     p = commands.add_parser("frontier", help="diffusion against AR at matched quality")
-    p.add_argument("--judge", default="judge-ar", help="the checkpoint that scores the samples")
-    p.add_argument("--ar", default="ar-small", help="the AR model (and speculative target)")
-    p.add_argument("--draft", default="ar-draft", help="speculative decoding's draft model")
-    p.add_argument("--diffusion", action="append", help="a diffusion checkpoint (repeatable)")
-    p.add_argument("--samples", type=int, default=32, help="samples per row (default 32)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--out", help="JSON file (default: data/results/frontier-DEVICE.json)")
-    p.add_argument(
-        "--reference-samples",
-        type=int,
-        help="AR's samples pooled for the quality reference (default: frontier.REFERENCE_SAMPLES)",
-    )
-    p.add_argument(
-        "--verdict-only", action="store_true", help="recompute the verdict of an existing file"
-    )
-    p.add_argument(
-        "--reference-only",
-        action="store_true",
-        help="measure the quality reference of an existing file, then its verdict",
-    )
+    _frontier_arguments(p)
     p.set_defaults(run=_frontier)
     args = parser.parse_args(argv)
     try:

@@ -372,12 +372,14 @@ def confirm_rows(
     row_samples: int,
     train_text: str,
     decode: Callable[[list[int]], str],
+    n_samples: int | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
-    """Measure every row `needs_confirming` again on CONFIRM_SAMPLES fresh samples
+    """Measure every row `needs_confirming` again on `n_samples` (CONFIRM_SAMPLES) fresh samples
     (`measure_quality`) into its "confirmation", which then decides whether it is matched.
     A setting's fused and unfused rows share their samples, so they share one. Returns how
     many settings were measured."""
+    n_samples = n_samples or CONFIRM_SAMPLES
     done: dict[str, dict] = {}
     for row in rows:
         if not needs_confirming(row, reference):
@@ -385,12 +387,12 @@ def confirm_rows(
         knobs = {k: v for k, v in row["setting"].items() if k != "fuse_commit"}
         setting = Setting(row["model"], row["sampler"], knobs)
         if setting.label() not in done:
-            log(f"  confirming {setting.label()} on {CONFIRM_SAMPLES} fresh samples")
+            log(f"  confirming {setting.label()} on {n_samples} fresh samples")
             done[setting.label()] = measure_quality(
                 setting,
                 models,
                 judge,
-                n_samples=CONFIRM_SAMPLES,
+                n_samples=n_samples,
                 row_samples=row_samples,
                 seed=CONFIRM_SEED,
                 train_text=train_text,
@@ -546,7 +548,9 @@ def _load_checkpoints(names: set[str], device: torch.device) -> dict[str, Transf
     return {n: checkpoints.load_checkpoint(folder / f"{n}.pt", device=device) for n in names}
 
 
-def add_reference(path: str | Path, n_samples: int = REFERENCE_SAMPLES) -> dict:
+def add_reference(
+    path: str | Path, n_samples: int = REFERENCE_SAMPLES, confirm_samples: int = CONFIRM_SAMPLES
+) -> dict:
     """Measure the quality reference (`measure_reference`) of an existing frontier file, with
     its AR model and judge, confirm the rows near the band (`confirm_rows`) and recompute its
     verdict: samples are drawn by seed, so these are what the file's own run would have
@@ -568,7 +572,15 @@ def add_reference(path: str | Path, n_samples: int = REFERENCE_SAMPLES) -> dict:
     models |= _load_checkpoints(near - models.keys(), env.get_device())
     for row in result["rows"]:
         row.pop("confirmation", None)
-    confirm_rows(result["rows"], reference, models, models[judge], row_samples=row_samples, **text)
+    confirm_rows(
+        result["rows"],
+        reference,
+        models,
+        models[judge],
+        row_samples=row_samples,
+        n_samples=confirm_samples,
+        **text,
+    )
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     return rewrite_verdict(path)
 
@@ -596,6 +608,7 @@ def run_frontier(
     diffusion: Sequence[str] = DEFAULT_DIFFUSION,
     n_samples: int = 32,
     reference_samples: int = REFERENCE_SAMPLES,
+    confirm_samples: int = CONFIRM_SAMPLES,
     out: str | Path | None = None,
     settings: Sequence[Setting] | None = None,
     log: Callable[[str], None] = print,
@@ -641,7 +654,14 @@ def run_frontier(
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")  # a cut-off run
         # keeps its rows; the verdict comes with the last
     confirm_rows(
-        result["rows"], reference, models, models[judge], row_samples=n_samples, log=log, **text
+        result["rows"],
+        reference,
+        models,
+        models[judge],
+        row_samples=n_samples,
+        n_samples=confirm_samples,
+        log=log,
+        **text,
     )
     result["verdict"] = verdict(result["rows"], list(hardware.CATALOG), reference)
     result["wall_s"] = time.perf_counter() - start

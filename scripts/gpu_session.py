@@ -69,6 +69,7 @@ def steps(python: str, out: Path, run_dir: Path, dry_run: bool) -> list[tuple[st
     frontier = [python, "-m", "course_lib", "frontier", "--samples", "2" if dry_run else "32"]
     # quality is the CPU frontier's business; here a smaller reference leaves time for speed
     frontier += ["--reference-samples", "4" if dry_run else "64"]
+    frontier += ["--confirm-samples", "4" if dry_run else "64"]
     for name in FRONTIER_MODELS[:1] if dry_run else FRONTIER_MODELS:
         frontier += ["--diffusion", name]
     frontier += ["--out", str(out / f"frontier-{'dry-run' if dry_run else 'cuda'}.json")]

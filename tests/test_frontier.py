@@ -402,7 +402,7 @@ def test_rows_near_the_band_are_measured_again_and_judged_by_that():
     assert "measured again on fresh samples" in v["sentence"]
 
 
-def test_a_confirmation_draws_fresh_samples_once_per_setting(monkeypatch):
+def test_a_confirmation_draws_fresh_samples_once_per_setting():
     models = {"bd3": _tiny("block_causal", 4, 3), "judge": _tiny(seed=1)}
     decode = data.CharTokenizer().decode
     rows = [
@@ -418,13 +418,13 @@ def test_a_confirmation_draws_fresh_samples_once_per_setting(monkeypatch):
     ]
     # a reference the rows sit on, so that both need confirming
     reference = {"judge_ppl": rows[0]["judge_ppl"], "entropy_bits": rows[0]["entropy_bits"]}
-    monkeypatch.setattr(frontier, "CONFIRM_SAMPLES", 4)
     measured = frontier.confirm_rows(
         rows,
         reference,
         models,
         models["judge"],
         row_samples=2,
+        n_samples=4,
         train_text="x",
         decode=decode,
         log=lambda _: None,
