@@ -407,8 +407,8 @@ def mark_matched(rows: list[dict], reference: dict | None = None) -> dict:
     `measure_reference`), or, for a file without one, AR's row; return the reference used.
     A row with a "confirmation" (`confirm_rows`) is judged by it."""
     reference = reference or ar_row(rows)
-    for row in rows:  # a confirmed row is judged by its confirmation, on fresh samples
-        row["matched_quality"] = is_matched(row.get("confirmation", row), reference)
+    for row in rows:
+        row["matched_quality"] = is_matched(judged(row), reference)
     return reference
 
 
