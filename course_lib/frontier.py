@@ -28,6 +28,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ REFERENCE_SAMPLES = 192
 # fresh seeds before it counts: the best of many noisy rows is likely one its noise flattered
 CONFIRM_SAMPLES = 96
 CONFIRM_SEED = 100_000  # clear of the rows' seeds (0..), the reference's and frontier_noise's
-DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral")
+DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral", "self_speculative")
 # the diffusion checkpoints compared
 DEFAULT_DIFFUSION = (
     "bd3lm-small",
@@ -60,6 +61,7 @@ DEFAULT_DIFFUSION = (
     "bd3lm-ar-b2-more",
     "bd3lm-ar-b4",
     "bd3lm-ar-b4-more",
+    "bd3lm-ar-b4-more2",
     "bd3lm-ar-b16",
     "bd3lm-ar-shift-b4",
     "bd3lm-ar-shift-b8",
@@ -72,16 +74,19 @@ PROTOCOL = {
     "warm-up call first), with the optimized samplers of notebook 09 "
     "(fast.stages_for(device)'s last stage without compile; on a GPU, threshold and ancestral "
     "rows without no_host_reads, whose fixed step count would spend the forwards that "
-    "finishing a block early saves) and speculative.sample_speculative",
+    "finishing a block early saves), speculative.sample_speculative, and "
+    "self_speculative.SelfSpeculativeSampler (prepacked weights on a CPU, no graphs)",
     "tokens_per_forward": "tokens written / forwards of the model (speculative: of the target; "
     "block diffusion: denoising forwards plus the forward that commits each block, unless the "
-    "setting has fuse_commit, where the next block's first forward commits it)",
+    "setting has fuse_commit, where the next block's first forward commits it; "
+    "self_speculative: its rounds, each one forward of all its rows)",
     "predicted_tokens_per_s": "roofline.predict_sampling-style sums of predicted step times, "
     "datasheet ceilings (hardware.CATALOG), bf16 (fp16 where a GPU has no bf16), no launch "
     "overhead: an upper bound, reached only when each step is captured whole; the forward "
     "counts are the measured ones, each block-diffusion forward charged the mean predicted "
     "cost of a forward of one block (a fused commit's forward scores two blocks: nearly free "
-    "under the memory roof, so left out)",
+    "under the memory roof, so left out; a self-speculative forward charged as one of its "
+    "mean positions per forward, against half the context cached)",
     "judge_ppl": "2 ** (mean over samples of the judge's bits per scored token); judge_ppl_se "
     "by the delta method from the samples' standard deviation",
     "entropy_bits": "metrics.unigram_entropy of all generated tokens pooled",
@@ -215,6 +220,15 @@ def predicted_seconds(
         )
         propose = roofline.ar_decode_step_cost(draft, batch_size=1, context=L // 2, dtype=dtype)
         return draws.forwards * step_s(verify) + draws.draft_forwards * step_s(propose)
+    if setting.sampler == "self_speculative":  # its rows: the mean positions of a forward
+        new_tokens = max(1, round(draws.positions / draws.forwards))
+        # the rows are side by side, not one sequence: they may add up past the context
+        block = config.block_len
+        room = replace(config, context_len=max(L, math.ceil((L // 2 + new_tokens) / block) * block))
+        rows = roofline.forward_cost(
+            room, batch_size=1, new_tokens=new_tokens, context=L // 2, uses_cache=True, dtype=dtype
+        )
+        return draws.forwards * step_s(rows)
     if config.attention == "block_causal":  # the mean cost of one call over the blocks
         one_pass = roofline.BlockDiffusionSampling(1, L, config.block_len, 1, commit=True)
     else:
@@ -263,6 +277,8 @@ def measure_row(
         )
     if draws.draft_forwards:
         row["draft_forwards"] = draws.draft_forwards
+    if draws.positions:
+        row["positions_per_forward"] = draws.positions / draws.forwards
     row |= judge_quality(
         draws.tokens, judge, prompt_len=draws.prompt_len, train_text=train_text, decode=decode
     )

@@ -37,9 +37,14 @@ def default_settings(
     tokens_per_step: Sequence[int] = (1, 2, 4, 8),
     thresholds: Sequence[float] = (0.9, 0.7, 0.5),
     draft_lens: Sequence[int] = (2, 4),
+    self_speculative_temperatures: Sequence[float] = (1.0, 0.95, 0.9),
 ) -> list[Setting]:
     """AR at temperatures 1.0 and 0.8, speculative AR, and every diffusion model under
-    confidence, threshold and ancestral decoding at several tokens per forward."""
+    confidence, threshold and ancestral decoding at several tokens per forward; a block-causal
+    model without the next-token shift also read left to right and sampled self-speculatively
+    (`self_speculative`), drafting to its block's end and, in longer blocks, 1 or 3 at a time,
+    at `self_speculative_temperatures`: its law is exact, so only a temperature can move
+    its quality, and a model a little flatter than AR needs one a little below 1."""
     settings = [Setting(ar, "ar", {"temperature": t}) for t in (1.0, 0.8)]
     if draft is not None:
         settings += [
@@ -71,6 +76,13 @@ def default_settings(
             settings += [
                 Setting(name, "ancestral", {"steps_per_block": s, **commit}) for s in steps[:3]
             ]
+        if fusable:  # its exact left-to-right law, a little cooler too: (1.0, 0.95, 0.9)
+            caps = [{"max_drafts": n} for n in (1, 3) if n < block - 1] + [{}]
+            settings += [
+                Setting(name, "self_speculative", {**cap, "temperature": t})
+                for t in self_speculative_temperatures
+                for cap in caps
+            ]
     return settings
 
 
@@ -83,6 +95,7 @@ class Draws:
     n_tokens: int = 0  # written, all calls
     forwards: int = 0  # of the model (target)
     draft_forwards: int = 0
+    positions: int = 0  # the model read, all forwards (self-speculative rows only)
     seconds: float = 0.0  # all timed calls: CPU seconds on a CPU, wall seconds on a GPU
 
 
@@ -90,12 +103,12 @@ def draw_samples(
     setting: Setting, models: dict[str, Transformer], n_samples: int, seed: int = 0
 ) -> Draws:
     """Sample `n_samples` sequences, one call each, after one untimed warm-up call."""
-    from course_lib import fast, sampling, speculative
+    from course_lib import fast, fast_forward, sampling, self_speculative, speculative
 
     model = models[setting.model]
     device, _ = device_and_dtype(model)
     L = model.config.context_len
-    rows, written, forwards, draft_forwards, seconds = [], 0, 0, 0, 0.0
+    rows, written, forwards, draft_forwards, positions, seconds = [], 0, 0, 0, 0, 0.0
     knobs = dict(setting.setting)
     if setting.sampler == "ar":
         stage = _last_stage(device, fast.AR_STAGES)
@@ -104,7 +117,7 @@ def draw_samples(
 
         def call(generator):
             out = decoder(prompt=prompt, n_tokens=L - 1, generator=generator, **knobs)
-            return out[0], L - 1, L - 1, 0
+            return out[0], L - 1, L - 1, 0, 0
 
         prompt_len = 1
     elif setting.sampler == "speculative":
@@ -115,9 +128,21 @@ def draw_samples(
             out = speculative.sample_speculative(
                 model, draft, prompt=prompt, n_tokens=L - 1, generator=generator, **knobs
             )
-            return out.tokens[0], out.n_tokens, out.target_forwards, out.draft_forwards
+            return out.tokens[0], out.n_tokens, out.target_forwards, out.draft_forwards, 0
 
         prompt_len = 1
+    elif setting.sampler == "self_speculative":
+        working = model  # the CPU's prepacked weights, as the other optimized samplers have
+        if device.type == "cpu" and _last_stage(device, fast.DIFFUSION_STAGES).prepacked_weights:
+            working = fast_forward.prepack_weights(model, rows=4 * model.config.block_len)
+        drafts = knobs.pop("max_drafts", None)
+        sampler = self_speculative.SelfSpeculativeSampler(working, length=L, max_drafts=drafts)
+
+        def call(generator):
+            out = sampler(generator=generator, **knobs)
+            return out.tokens[0], out.n_generated, out.nfe, 0, out.positions
+
+        prompt_len = 0
     elif model.config.next_token_shift:  # the reference block sampler, from a newline
         prompt = torch.ones(1, dtype=torch.long, device=device)
         block_len = model.config.block_len
@@ -132,7 +157,7 @@ def draw_samples(
                 generator=generator,
                 **knobs,
             )
-            return out.tokens[0], out.n_generated, out.nfe, 0
+            return out.tokens[0], out.n_generated, out.nfe, 0, 0
 
         prompt_len = 1
     else:
@@ -144,7 +169,7 @@ def draw_samples(
 
         def call(generator):
             out = sampler(strategy=strategy, generator=generator, **knobs)
-            return out.tokens[0], out.n_generated, out.nfe, 0
+            return out.tokens[0], out.n_generated, out.nfe, 0, 0
 
         prompt_len = 0
     # on a CPU, process time is steadier than wall time beside other jobs (not immune: a
@@ -155,12 +180,15 @@ def draw_samples(
         generator = torch.Generator(device=device).manual_seed(seed + i)
         env.synchronize(device)
         start = clock()
-        tokens, n, f, d = call(generator)
+        tokens, n, f, d, p = call(generator)
         env.synchronize(device)
         seconds += clock() - start
         rows.append(tokens.cpu())
         written, forwards, draft_forwards = written + n, forwards + f, draft_forwards + d
-    return Draws(torch.stack(rows), prompt_len, written, forwards, draft_forwards, seconds)
+        positions += p
+    return Draws(
+        torch.stack(rows), prompt_len, written, forwards, draft_forwards, positions, seconds
+    )
 
 
 def _last_stage(device: torch.device, stages: list):

@@ -161,6 +161,7 @@ def test_rows_end_to_end_on_tiny_models():
         tokens_per_step=(1, 2),
         thresholds=(0.5,),
         draft_lens=(2,),
+        self_speculative_temperatures=(1.0,),
     )
     # bd3 (block-causal) twice, commit separate and fused; mdlm once
     assert [s.sampler for s in settings].count("confidence") == 6
@@ -188,6 +189,15 @@ def test_rows_end_to_end_on_tiny_models():
     )
     assert fused["tokens_per_forward"] == pytest.approx(16 / 8)
     assert by[("mdlm", "confidence", 8)]["tokens_per_forward"] == pytest.approx(2.0)
+    # the block-causal model also read left to right, self-speculatively: one draft a round,
+    # and drafts to the block's end
+    own = [r for r in rows if r["sampler"] == "self_speculative"]
+    assert [(r["model"], r["setting"]) for r in own] == [
+        ("bd3", {"max_drafts": 1, "temperature": 1.0}),
+        ("bd3", {"temperature": 1.0}),
+    ]
+    for r in own:
+        assert 1.0 < r["tokens_per_forward"] <= 4.0 and r["positions_per_forward"] >= 4
     spec = next(r for r in rows if r["sampler"] == "speculative")
     assert 1.0 <= spec["tokens_per_forward"] <= 3.0 and spec["draft_forwards"] > 0
     for r in rows:
