@@ -229,3 +229,19 @@ def test_bad_inputs_are_refused_clearly():
         ss.sample_self_speculative(model, temperature=0.0)
     with pytest.raises(ValueError, match="2 are needed"):
         ss.left_to_right_bits(model, torch.zeros(40, dtype=torch.long))
+
+
+def test_the_speed_script_times_ar_and_each_model_in_turns(tmp_path):
+    """scripts/self_speculative_speed.py on the shipped checkpoints, two short turns."""
+    import json
+
+    from script_helpers import load_script
+
+    script = load_script("self_speculative_speed")
+    out = tmp_path / "speed.json"
+    assert script.main(["--rounds", "2", "--models", "bd3lm-ar-b2-more", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["ar-small", "bd3lm-ar-b2-more"]
+    assert rows[0]["speedup_vs_ar"] == 1.0 and rows[0]["tokens_per_forward"] == 1.0
+    assert 1.0 < rows[1]["tokens_per_forward"] <= 2.0 and rows[1]["positions_per_forward"] > 2
+    assert all(len(r["call_seconds"]) == 2 and r["tokens_per_s"] > 0 for r in rows)
