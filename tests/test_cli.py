@@ -132,6 +132,10 @@ def test_evaluate_reproduces_the_recorded_checkpoint_metrics(tmp_path, capsys):
         (new,) = [r for r in json.loads(out.read_text())["rows"] if r["checkpoint"] == name]
         assert new["n_chars"] == row["n_chars"] and new["method"] == row["method"]
         assert abs(new["bits_per_char"] - row["bits_per_char"]) <= row["standard_error"]
+        # a block model without the shift: its exact left-to-right likelihood too (no sampling)
+        assert ("left_to_right_bits" in new) == ("left_to_right_bits" in row), name
+        if "left_to_right_bits" in row:
+            assert abs(new["left_to_right_bits"] - row["left_to_right_bits"]) < 1e-6, name
     assert "bits per char" in capsys.readouterr().out
 
 
