@@ -7,7 +7,7 @@ draws a setting's samples at batch 1 with the optimized samplers and times them.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -103,12 +103,36 @@ def draw_samples(
     setting: Setting, models: dict[str, Transformer], n_samples: int, seed: int = 0
 ) -> Draws:
     """Sample `n_samples` sequences, one call each, after one untimed warm-up call."""
-    from course_lib import fast, fast_forward, sampling, self_speculative, speculative
+    device, _ = device_and_dtype(models[setting.model])
+    call, prompt_len = _sampler_call(setting, models)
+    rows, written, forwards, draft_forwards, positions, seconds = [], 0, 0, 0, 0, 0.0
+    # on a CPU, process time is steadier than wall time beside other jobs (not immune: a
+    # job on the other core moved it by a quarter once); a GPU works while the host waits
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    call(torch.Generator(device=device).manual_seed(seed - 1))  # warm-up, untimed
+    for i in range(n_samples):
+        generator = torch.Generator(device=device).manual_seed(seed + i)
+        env.synchronize(device)
+        start = clock()
+        tokens, n, f, d, p = call(generator)
+        env.synchronize(device)
+        seconds += clock() - start
+        rows.append(tokens.cpu())
+        written, forwards, draft_forwards = written + n, forwards + f, draft_forwards + d
+        positions += p
+    return Draws(
+        torch.stack(rows), prompt_len, written, forwards, draft_forwards, positions, seconds
+    )
+
+
+def _sampler_call(setting: Setting, models: dict[str, Transformer]) -> tuple[Callable, int]:
+    """(call, prompt length) for `draw_samples`: call(generator) writes one sample and returns
+    (tokens, tokens written, forwards, draft forwards, positions read)."""
+    from course_lib import fast, sampling, speculative
 
     model = models[setting.model]
     device, _ = device_and_dtype(model)
     L = model.config.context_len
-    rows, written, forwards, draft_forwards, positions, seconds = [], 0, 0, 0, 0, 0.0
     knobs = dict(setting.setting)
     if setting.sampler == "ar":
         stage = _last_stage(device, fast.AR_STAGES)
@@ -132,17 +156,7 @@ def draw_samples(
 
         prompt_len = 1
     elif setting.sampler == "self_speculative":
-        working = model  # the CPU's prepacked weights, as the other optimized samplers have
-        if device.type == "cpu" and _last_stage(device, fast.DIFFUSION_STAGES).prepacked_weights:
-            working = fast_forward.prepack_weights(model, rows=4 * model.config.block_len)
-        drafts = knobs.pop("max_drafts", None)
-        sampler = self_speculative.SelfSpeculativeSampler(working, length=L, max_drafts=drafts)
-
-        def call(generator):
-            out = sampler(generator=generator, **knobs)
-            return out.tokens[0], out.n_generated, out.nfe, 0, out.positions
-
-        prompt_len = 0
+        return _self_speculative_call(model, knobs), 0
     elif model.config.next_token_shift:  # the reference block sampler, from a newline
         prompt = torch.ones(1, dtype=torch.long, device=device)
         block_len = model.config.block_len
@@ -172,23 +186,27 @@ def draw_samples(
             return out.tokens[0], out.n_generated, out.nfe, 0, 0
 
         prompt_len = 0
-    # on a CPU, process time is steadier than wall time beside other jobs (not immune: a
-    # job on the other core moved it by a quarter once); a GPU works while the host waits
-    clock = time.process_time if device.type == "cpu" else time.perf_counter
-    call(torch.Generator(device=device).manual_seed(seed - 1))  # warm-up, untimed
-    for i in range(n_samples):
-        generator = torch.Generator(device=device).manual_seed(seed + i)
-        env.synchronize(device)
-        start = clock()
-        tokens, n, f, d, p = call(generator)
-        env.synchronize(device)
-        seconds += clock() - start
-        rows.append(tokens.cpu())
-        written, forwards, draft_forwards = written + n, forwards + f, draft_forwards + d
-        positions += p
-    return Draws(
-        torch.stack(rows), prompt_len, written, forwards, draft_forwards, positions, seconds
+    return call, prompt_len
+
+
+def _self_speculative_call(model: Transformer, knobs: dict) -> Callable:
+    """`self_speculative`'s sampler for `_sampler_call`, on the CPU's prepacked weights as the
+    other optimized samplers there."""
+    from course_lib import fast, fast_forward, self_speculative
+
+    device, _ = device_and_dtype(model)
+    if device.type == "cpu" and _last_stage(device, fast.DIFFUSION_STAGES).prepacked_weights:
+        model = fast_forward.prepack_weights(model, rows=4 * model.config.block_len)
+    drafts = knobs.pop("max_drafts", None)
+    sampler = self_speculative.SelfSpeculativeSampler(
+        model, length=model.config.context_len, max_drafts=drafts
     )
+
+    def call(generator):
+        out = sampler(generator=generator, **knobs)
+        return out.tokens[0], out.n_generated, out.nfe, 0, out.positions
+
+    return call
 
 
 def _last_stage(device: torch.device, stages: list):
