@@ -266,7 +266,7 @@ class SelfSpeculativeSampler:
         if max_drafts is not None and (not isinstance(max_drafts, int) or max_drafts < 1):
             raise ValueError(f"max_drafts must be a positive int (or None), got {max_drafts!r}")
         self.max_drafts = max_drafts or model.config.block_len
-        self.model, self.use_kv_cache = model, use_kv_cache
+        self.model = model
         self.block_len = model.config.block_len
         self.device, _ = device_and_dtype(model)
         self.cache = model.new_cache(1) if use_kv_cache else None
