@@ -37,16 +37,19 @@ class PackedLinear(nn.Module):
     (`torch.ops.mkldnn`, what torch.compile's CPU weight freezing uses), multiplied by
     kernels oneDNN generates for this CPU, with no per-call repacking of the weight. Outputs equal `F.linear`'s up to the order of
     the float32 sums (a relative difference of about 1e-6). Inference only: no gradients.
+    bfloat16 weights (for a CPU with bfloat16 units, `fast_options.half_dtype`) always take
+    oneDNN's layout, and their inputs must be bfloat16 too.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
         super().__init__()
-        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(
-                f"PackedLinear packs float32 CPU weights, got {weight.dtype} on {weight.device}"
+                f"PackedLinear packs float32 or bfloat16 CPU weights, got {weight.dtype} on "
+                f"{weight.device}"
             )
         self.out_features, self.in_features = weight.shape
-        self.onednn = rows > 1
+        self.onednn = rows > 1 or weight.dtype == torch.bfloat16
         weight = weight.detach()
         if self.onednn:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
@@ -69,6 +72,7 @@ def prepack_weights(model: Transformer, rows: int) -> Transformer:
     """A copy of `model` whose Linear layers are `PackedLinear`s for steps of `rows` rows.
 
     The copy is for inference on a CPU; later changes to `model`'s weights do not reach it.
+    A bfloat16 model gives a bfloat16 copy (`self_speculative`'s and `draft_tree`'s rows).
     """
     if packing_problem():
         raise ValueError(f"prepacked weights cannot run here: {packing_problem()}")

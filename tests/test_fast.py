@@ -473,8 +473,27 @@ def test_a_packed_linear_computes_the_linear(rows, bias):
     for shape in [(1, 40), (rows, 40), (2, 5, 40), (3, 16, 40)]:
         x = torch.randn(shape, generator=gen)
         torch.testing.assert_close(layer(x), F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="float32 CPU weights"):
+    with pytest.raises(ValueError, match="float32 or bfloat16 CPU weights"):
         fast.PackedLinear(weight.double(), None, rows=rows)
+
+
+@needs_onednn
+@pytest.mark.skipif(
+    fast.half_dtype("cpu") != torch.bfloat16, reason="this CPU has no fast bfloat16"
+)
+@pytest.mark.parametrize("rows", [1, 16])
+def test_a_packed_bfloat16_linear_computes_the_bfloat16_linear(rows):
+    """bfloat16 weights take oneDNN's layout at any row count (draft_tree's rows)."""
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(48, 40, generator=gen).bfloat16()
+    b = torch.randn(48, generator=gen).bfloat16()
+    layer = fast.PackedLinear(weight, b, rows=rows)
+    assert layer.onednn
+    for shape in [(1, 40), (rows, 40), (3, 16, 40)]:
+        x = torch.randn(shape, generator=gen).bfloat16()
+        y = layer(x)
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), F.linear(x, weight, b).float(), rtol=2e-2, atol=2e-2)
 
 
 @needs_onednn
