@@ -212,10 +212,13 @@ def rows_forward(
     mask: torch.Tensor,
     cache: KVCache,
     commit: int | None = None,
+    new_keys: list | None = None,
 ) -> torch.Tensor:
     """Logits (1, T, V) of `ids` (1, T) at `positions` under `mask` (T, cache.length + T),
     attending to the cache's positions and to each other; nothing is written to the cache but,
-    with `commit` = i, the keys and values of ids i..i+block_len-1, as the next block."""
+    with `commit` = i, the keys and values of ids i..i+block_len-1, as the next block. A list
+    `new_keys` receives every layer's (keys, values) of the T ids, (1, H, T, D) each, for a
+    caller that decides after the forward which of them to cache (`draft_tree`)."""
     config = model.config
     B, T = ids.shape
     C, H, D = config.d_model, config.n_head, config.head_dim
@@ -232,6 +235,8 @@ def rows_forward(
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
         x = x + block.mlp(block.ln2(x))
+        if new_keys is not None:
+            new_keys.append((k, v))
         if commit is not None:
             new = slice(commit, commit + config.block_len)
             cache.keys[layer][:, :, start : start + config.block_len] = k[:, :, new]
