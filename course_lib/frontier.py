@@ -52,7 +52,7 @@ REFERENCE_SAMPLES = 192
 # fresh seeds before it counts: the best of many noisy rows is likely one its noise flattered
 CONFIRM_SAMPLES = 96
 CONFIRM_SEED = 100_000  # clear of the rows' seeds (0..), the reference's and frontier_noise's
-DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral", "self_speculative")
+DIFFUSION_SAMPLERS = ("confidence", "threshold", "ancestral", "self_speculative", "draft_tree")
 # the diffusion checkpoints compared
 DEFAULT_DIFFUSION = (
     "bd3lm-small",
@@ -75,11 +75,14 @@ PROTOCOL = {
     "(fast.stages_for(device)'s last stage without compile; on a GPU, threshold and ancestral "
     "rows without no_host_reads, whose fixed step count would spend the forwards that "
     "finishing a block early saves), speculative.sample_speculative, and "
-    "self_speculative.SelfSpeculativeSampler (prepacked weights on a CPU, no graphs)",
+    "self_speculative.SelfSpeculativeSampler (prepacked weights on a CPU, no graphs) and "
+    "draft_tree.DraftTreeSampler (bfloat16 where the device has it, fast.half_dtype: on this "
+    "course's CPUs with bfloat16 units, in oneDNN's prepacked layout; float32 prepacked on "
+    "other CPUs)",
     "tokens_per_forward": "tokens written / forwards of the model (speculative: of the target; "
     "block diffusion: denoising forwards plus the forward that commits each block, unless the "
     "setting has fuse_commit, where the next block's first forward commits it; "
-    "self_speculative: its rounds, each one forward of all its rows)",
+    "self_speculative and draft_tree: their rounds, each one forward of all its rows)",
     "predicted_tokens_per_s": "roofline.predict_sampling-style sums of predicted step times, "
     "datasheet ceilings (hardware.CATALOG), bf16 (fp16 where a GPU has no bf16), no launch "
     "overhead: an upper bound, reached only when each step is captured whole; the forward "
@@ -220,7 +223,7 @@ def predicted_seconds(
         )
         propose = roofline.ar_decode_step_cost(draft, batch_size=1, context=L // 2, dtype=dtype)
         return draws.forwards * step_s(verify) + draws.draft_forwards * step_s(propose)
-    if setting.sampler == "self_speculative":  # its rows: the mean positions of a forward
+    if setting.sampler in ("self_speculative", "draft_tree"):  # rows: mean positions a forward
         new_tokens = max(1, round(draws.positions / draws.forwards))
         # the rows are side by side, not one sequence: they may add up past the context
         block = config.block_len

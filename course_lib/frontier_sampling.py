@@ -6,6 +6,7 @@ draws a setting's samples at batch 1 with the optimized samplers and times them.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,13 +39,16 @@ def default_settings(
     thresholds: Sequence[float] = (0.9, 0.7, 0.5),
     draft_lens: Sequence[int] = (2, 4),
     self_speculative_temperatures: Sequence[float] = (1.0, 0.95, 0.9),
+    draft_tree: tuple[int, int] = (4, 3),
 ) -> list[Setting]:
     """AR at temperatures 1.0 and 0.8, speculative AR, and every diffusion model under
     confidence, threshold and ancestral decoding at several tokens per forward; a block-causal
     model without the next-token shift also read left to right and sampled self-speculatively
     (`self_speculative`), drafting to its block's end and, in longer blocks, 1 or 3 at a time,
     at `self_speculative_temperatures`: its law is exact, so only a temperature can move
-    its quality, and a model a little flatter than AR needs one a little below 1."""
+    its quality, and a model a little flatter than AR needs one a little below 1. The same
+    law is sampled by a tree of drafts too (`draft_tree`, `draft_tree` = (tree size, depth)),
+    at the same temperatures."""
     settings = [Setting(ar, "ar", {"temperature": t}) for t in (1.0, 0.8)]
     if draft is not None:
         settings += [
@@ -83,6 +87,13 @@ def default_settings(
                 for t in self_speculative_temperatures
                 for cap in caps
             ]
+            tree_size, depth = draft_tree
+            settings += [
+                Setting(
+                    name, "draft_tree", {"tree_size": tree_size, "depth": depth, "temperature": t}
+                )
+                for t in self_speculative_temperatures
+            ]
     return settings
 
 
@@ -95,7 +106,7 @@ class Draws:
     n_tokens: int = 0  # written, all calls
     forwards: int = 0  # of the model (target)
     draft_forwards: int = 0
-    positions: int = 0  # the model read, all forwards (self-speculative rows only)
+    positions: int = 0  # the model read, all forwards (self-speculative and draft-tree rows)
     seconds: float = 0.0  # all timed calls: CPU seconds on a CPU, wall seconds on a GPU
 
 
@@ -157,6 +168,8 @@ def _sampler_call(setting: Setting, models: dict[str, Transformer]) -> tuple[Cal
         prompt_len = 1
     elif setting.sampler == "self_speculative":
         return _self_speculative_call(model, knobs), 0
+    elif setting.sampler == "draft_tree":
+        return _draft_tree_call(model, knobs), 0
     elif model.config.next_token_shift:  # the reference block sampler, from a newline
         prompt = torch.ones(1, dtype=torch.long, device=device)
         block_len = model.config.block_len
@@ -200,6 +213,33 @@ def _self_speculative_call(model: Transformer, knobs: dict) -> Callable:
     drafts = knobs.pop("max_drafts", None)
     sampler = self_speculative.SelfSpeculativeSampler(
         model, length=model.config.context_len, max_drafts=drafts
+    )
+
+    def call(generator):
+        out = sampler(generator=generator, **knobs)
+        return out.tokens[0], out.n_generated, out.nfe, 0, out.positions
+
+    return call
+
+
+def _draft_tree_call(model: Transformer, knobs: dict) -> Callable:
+    """`draft_tree`'s sampler for `_sampler_call`. Its price is positions, which a matmul in
+    bfloat16 makes cheap: where the device has bfloat16 (`fast.half_dtype`: a CPU with
+    bfloat16 units, most GPUs) the rows run in it, on a CPU in oneDNN's prepacked layout;
+    elsewhere in float32, prepacked on a CPU. bfloat16 moves the logits in their third digit:
+    the row's own samples are judged, as every row's."""
+    from course_lib import draft_tree, fast, fast_forward
+
+    device, _ = device_and_dtype(model)
+    if fast.half_dtype(device) == torch.bfloat16:
+        model = copy.deepcopy(model).to(torch.bfloat16)
+    if device.type == "cpu" and fast_forward.packing_problem() is None:
+        model = fast_forward.prepack_weights(model, rows=8 * model.config.block_len)
+    sampler = draft_tree.DraftTreeSampler(
+        model,
+        length=model.config.context_len,
+        tree_size=knobs.pop("tree_size"),
+        depth=knobs.pop("depth"),
     )
 
     def call(generator):
