@@ -478,6 +478,18 @@ def test_a_packed_linear_computes_the_linear(rows, bias):
 
 
 @needs_onednn
+@pytest.mark.parametrize("rows", [1, 16])
+def test_a_packed_linear_fuses_the_gelu_after_it(rows):
+    """`gelu` is F.gelu(F.linear(...)), in one oneDNN call where the layout is oneDNN's."""
+    gen = torch.Generator().manual_seed(rows)
+    weight, b = torch.randn(48, 40, generator=gen), torch.randn(48, generator=gen)
+    layer = fast.PackedLinear(weight, b, rows=rows)
+    x = torch.randn(3, 5, 40, generator=gen)
+    want = F.gelu(F.linear(x, weight, b))
+    torch.testing.assert_close(layer.gelu(x), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
 @pytest.mark.skipif(
     fast.half_dtype("cpu") != torch.bfloat16, reason="this CPU has no fast bfloat16"
 )
