@@ -29,12 +29,13 @@ pays for, and at batch 1 under the memory roof they come almost free (notebook 1
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
 from course_lib import diffusion
+from course_lib.fast_forward import PackedLinear
 from course_lib.metrics import HeldOutBits
 from course_lib.model import KVCache, Transformer, apply_rotary, device_and_dtype, eval_mode
 from course_lib.speculative import accept_or_resample
@@ -215,26 +216,48 @@ def rows_forward(
     new_keys: list | None = None,
 ) -> torch.Tensor:
     """Logits (1, T, V) of `ids` (1, T) at `positions` under `mask` (T, cache.length + T),
-    attending to the cache's positions and to each other; nothing is written to the cache but,
-    with `commit` = i, the keys and values of ids i..i+block_len-1, as the next block. A list
-    `new_keys` receives every layer's (keys, values) of the T ids, (1, H, T, D) each, for a
-    caller that decides after the forward which of them to cache (`draft_tree`)."""
+    attending to the cache's positions and to each other; the cache's length is unchanged but,
+    with `commit` = i, the keys and values of ids i..i+block_len-1 are cached as the next
+    block. A list `new_keys` receives every layer's (keys, values) of the T ids, (1, H, T, D)
+    each, for a caller that decides after the forward which of them to cache (`draft_tree`).
+
+    The network's forward, written for a forward of a few dozen positions on a CPU, where
+    every call costs: queries and keys rotated in one call, the MLP's GELU fused into its
+    matmul when the weights are prepacked (`fast_forward.PackedLinear.gelu`), and the new keys
+    written past the cache's length (scratch space: the length does not move) rather than
+    concatenated to it, where the cache has room (a sampler can give it room).
+    """
     config = model.config
     B, T = ids.shape
     C, H, D = config.d_model, config.n_head, config.head_dim
     start = cache.length
+    room = start + T <= cache.capacity
     x = model.embed(ids, positions)
     rotary = model.rotary(positions)
+    if rotary is not None:
+        rotary = tuple(t.to(x.dtype) for t in rotary)
     for layer, block in enumerate(model.blocks):
-        q, k, v = block.attn.qkv(block.ln1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        qkv = block.attn.qkv(block.ln1(x)).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        qk, v = qkv[:2], qkv[2]  # (2, B, H, T, D), (B, H, T, D)
         if rotary is not None:
-            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
-        keys = torch.cat([cache.keys[layer][:, :, :start], k], dim=2)
-        values = torch.cat([cache.values[layer][:, :, :start], v], dim=2)
+            qk = apply_rotary(qk, rotary)
+        q, k = qk[0], qk[1]
+        if room:
+            cache.keys[layer][:, :, start : start + T] = k
+            cache.values[layer][:, :, start : start + T] = v
+            keys, values = (
+                cache.keys[layer][:, :, : start + T],
+                cache.values[layer][:, :, : start + T],
+            )
+        else:
+            keys = torch.cat([cache.keys[layer][:, :, :start], k], dim=2)
+            values = torch.cat([cache.values[layer][:, :, :start], v], dim=2)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.ln2(x))
+        h = block.ln2(x)
+        fc = block.mlp.fc
+        h = fc.gelu(h) if isinstance(fc, PackedLinear) else F.gelu(fc(h))
+        x = x + block.mlp.proj(h)
         if new_keys is not None:
             new_keys.append((k, v))
         if commit is not None:
@@ -244,6 +267,16 @@ def rows_forward(
     if commit is not None:
         cache.length = start + config.block_len
     return model.head(model.ln_f(x))
+
+
+def cache_with_room(model: Transformer, room: int) -> KVCache:
+    """A KV cache for batch 1 with `room` positions past the model's context: scratch space
+    for `rows_forward`'s new keys, which then need no concatenation."""
+    device, _ = device_and_dtype(model)
+    block = model.config.block_len or 1
+    room = -(-room // block) * block  # a whole number of blocks, as a context must be
+    config = replace(model.config, context_len=model.config.context_len + room)
+    return KVCache(config, 1, device=device, dtype=model.token_emb.weight.dtype)
 
 
 def _rows_logits_uncached(model, seq, start, rnd: _Round) -> list[torch.Tensor]:
@@ -274,7 +307,9 @@ class SelfSpeculativeSampler:
         self.model = model
         self.block_len = model.config.block_len
         self.device, _ = device_and_dtype(model)
-        self.cache = model.new_cache(1) if use_kv_cache else None
+        # room for a round's rows: (drafts + 1) rows of a block, and the next block
+        room = (self.max_drafts + 2) * self.block_len
+        self.cache = cache_with_room(model, room) if use_kv_cache else None
 
     @torch.inference_mode()
     def __call__(self, *, temperature=1.0, generator=None) -> SelfSpeculativeSample:

@@ -159,25 +159,45 @@ def test_the_kv_cache_changes_no_token(position, block_len, max_drafts):
     assert rejections > 0  # the rounds after a rejection were compared too
 
 
-def test_rows_forward_gives_each_row_the_logits_of_its_own_forward():
+@pytest.mark.parametrize(
+    "start, packed",
+    # the rows' 20 keys fit past the cache's length (written there as scratch) or do not
+    # (concatenated); prepacked weights fuse the MLP's GELU into its matmul
+    [(8, False), (16, False), (8, True)],
+)
+def test_rows_forward_gives_each_row_the_logits_of_its_own_forward(start, packed):
+    from course_lib import fast_forward
+
+    if packed and fast_forward.packing_problem():
+        pytest.skip(fast_forward.packing_problem())
     model = _tiny("rotary", 4)
+    fast = fast_forward.prepack_weights(model, rows=20) if packed else model
     seq = torch.randint(0, 11, (1, 32), generator=torch.Generator().manual_seed(0))
     cache = model.new_cache(1)
     with torch.no_grad():
-        model(seq[:, :8], cache=cache)  # two clean blocks cached
-        drafts = seq[0, 9:12]
-        rnd = ss._build_round(seq, 8, 4, 1, drafts, model.mask_id, 32)
+        model(seq[:, :start], cache=cache)  # clean blocks cached
+        drafts = seq[0, start + 1 : start + 4]
+        rnd = ss._build_round(seq, start, 4, 1, drafts, model.mask_id, 32)
         commit = rnd.row_starts[-1]
-        got = ss.rows_forward(model, rnd.ids[None], rnd.positions, rnd.mask, cache, commit)
-        want = ss._rows_logits_uncached(model, seq, 8, rnd)
+        got = ss.rows_forward(fast, rnd.ids[None], rnd.positions, rnd.mask, cache, commit)
+        want = ss._rows_logits_uncached(model, seq, start, rnd)
     assert rnd.extended and [len(w) for w in want] == [4, 4, 4, 8]
     torch.testing.assert_close(got[0], torch.cat(want), atol=1e-5, rtol=1e-5)
     # the committed keys are the clean block's, as a plain cached forward writes them
     reference = model.new_cache(1)
     with torch.no_grad():
-        model(torch.cat([seq[:, :9], drafts[None]], 1), cache=reference)
-    assert cache.length == 12
-    torch.testing.assert_close(cache.keys[1][:, :, :12], reference.keys[1][:, :, :12])
+        model(torch.cat([seq[:, : start + 1], drafts[None]], 1), cache=reference)
+    assert cache.length == start + 4
+    torch.testing.assert_close(
+        cache.keys[1][:, :, : start + 4], reference.keys[1][:, :, : start + 4]
+    )
+
+
+def test_a_cache_with_room_is_longer_by_whole_blocks():
+    model = _tiny("rotary", 4)
+    cache = ss.cache_with_room(model, 5)
+    assert cache.capacity == 32 + 8 and cache.length == 0
+    assert cache.keys[0].dtype == model.token_emb.weight.dtype
 
 
 def test_left_to_right_bits_is_the_exact_likelihood():
