@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from course_lib.model import Transformer, device_and_dtype, eval_mode
-from course_lib.self_speculative import check_left_to_right, rows_forward
+from course_lib.self_speculative import cache_with_room, check_left_to_right, rows_forward
 from course_lib.step_rules import check_temperature, logits_to_probs, sample_categorical
 
 
@@ -152,7 +152,9 @@ class DraftTreeSampler:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.model, self.length, self.tree_size, self.depth = model, length, tree_size, depth
         self.device, _ = device_and_dtype(model)
-        self.cache = model.new_cache(1) if use_kv_cache else None
+        # room for a round: the shared block, and rows of under 2 (depth + block_len) each
+        room = self.block_len + (tree_size + 1) * 2 * (depth + self.block_len)
+        self.cache = cache_with_room(model, room) if use_kv_cache else None
 
     @torch.inference_mode()
     def __call__(self, *, temperature=1.0, generator=None) -> DraftTreeSample:
@@ -161,7 +163,10 @@ class DraftTreeSampler:
             return self._decode(temperature, generator)
 
     def _row_end(self, position: int) -> int:
-        """Where the row of the node that predicts `position` ends."""
+        """Where the row of the node that predicts `position` ends: the end of the block that
+        holds the position `depth` after it, so that its outputs can guess that far (a leaf's
+        row too: a walk may stop anywhere, and guessing from an ancestor's row instead, which
+        misses more tokens, cost more tokens a forward than its positions saved)."""
         b = self.block_len
         return min((position + self.depth) // b * b + b, self.length)
 
