@@ -39,7 +39,7 @@ def default_settings(
     thresholds: Sequence[float] = (0.9, 0.7, 0.5),
     draft_lens: Sequence[int] = (2, 4),
     self_speculative_temperatures: Sequence[float] = (1.0, 0.95, 0.9),
-    draft_tree: tuple[int, int] = (4, 3),
+    draft_trees: Sequence[tuple[int, int]] = ((4, 3), (8, 3)),
 ) -> list[Setting]:
     """AR at temperatures 1.0 and 0.8, speculative AR, and every diffusion model under
     confidence, threshold and ancestral decoding at several tokens per forward; a block-causal
@@ -47,8 +47,9 @@ def default_settings(
     (`self_speculative`), drafting to its block's end and, in longer blocks, 1 or 3 at a time,
     at `self_speculative_temperatures`: its law is exact, so only a temperature can move
     its quality, and a model a little flatter than AR needs one a little below 1. The same
-    law is sampled by a tree of drafts too (`draft_tree`, `draft_tree` = (tree size, depth)),
-    at the same temperatures."""
+    law is sampled by trees of guesses too (`draft_tree`, each of `draft_trees` a (tree size,
+    depth): the smaller one the fastest on this course's CPU, the larger one more tokens per
+    forward), at the same temperatures."""
     settings = [Setting(ar, "ar", {"temperature": t}) for t in (1.0, 0.8)]
     if draft is not None:
         settings += [
@@ -87,12 +88,10 @@ def default_settings(
                 for t in self_speculative_temperatures
                 for cap in caps
             ]
-            tree_size, depth = draft_tree
             settings += [
-                Setting(
-                    name, "draft_tree", {"tree_size": tree_size, "depth": depth, "temperature": t}
-                )
+                Setting(name, "draft_tree", {"tree_size": size, "depth": depth, "temperature": t})
                 for t in self_speculative_temperatures
+                for size, depth in draft_trees
             ]
     return settings
 

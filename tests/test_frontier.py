@@ -202,9 +202,12 @@ def test_rows_end_to_end_on_tiny_models():
     # model's guesses seldom hit: tests/test_draft_tree.py counts the tokens they save)
     tree = [r for r in rows if r["sampler"] == "draft_tree"]
     assert [(r["model"], r["setting"]) for r in tree] == [
-        ("bd3", {"tree_size": 4, "depth": 3, "temperature": 1.0})
+        ("bd3", {"tree_size": 4, "depth": 3, "temperature": 1.0}),
+        ("bd3", {"tree_size": 8, "depth": 3, "temperature": 1.0}),
     ]
-    assert 1.0 <= tree[0]["tokens_per_forward"] <= 4.0 and tree[0]["positions_per_forward"] > 4
+    for r in tree:
+        assert 1.0 <= r["tokens_per_forward"] <= 4.0 and r["positions_per_forward"] > 4
+    assert tree[1]["positions_per_forward"] > tree[0]["positions_per_forward"]
     spec = next(r for r in rows if r["sampler"] == "speculative")
     assert 1.0 <= spec["tokens_per_forward"] <= 3.0 and spec["draft_forwards"] > 0
     for r in rows:
