@@ -1,28 +1,36 @@
-"""Self-speculative block diffusion against the optimized AR decoder, timed in turns.
+"""Self-speculative and draft-tree block diffusion against the optimized AR decoder, timed in
+turns.
 
 The frontier times each row once, one row after another, and on this CPU two rows of the same
 sampler can differ by 10-20% (AR at temperatures 1.0 and 0.8, say). A verdict that rests on a
 ratio of speeds deserves a steadier measurement: here AR (`fast.FastARDecoder` at its last
-CPU stage, the frontier's) and each block-diffusion model's self-speculative sampler
-(`self_speculative.SelfSpeculativeSampler` on prepacked weights, the frontier's) write whole
-sequences of the context's length, batch 1, **in turns** (AR, model 1, model 2, ..., AR, ...),
-so that a slow minute of the machine slows them all. Each call is timed in process CPU seconds
-on one thread; a row's speed is its tokens over the median call time of `--rounds` turns
-(after one warm-up call each), and its ratio to AR is taken turn by turn (the median over
-turns). Seeds are the same for every model in a turn.
+CPU stage, the frontier's; and, on a CPU with fast bfloat16, the same decoder in bfloat16, so
+that AR is offered what the draft tree uses), speculative AR (the frontier's, drafts of 2 and
+4 from ar-draft) and each block-diffusion model's samplers
+(`self_speculative.SelfSpeculativeSampler` on prepacked weights and `draft_tree.DraftTreeSampler`
+in bfloat16 where the CPU has it, the frontier's) write whole sequences of the context's
+length, batch 1, **in turns** (AR, model 1, model 2, ..., AR, ...), so that a slow minute of
+the machine slows them all. Each call is timed in process CPU seconds on one thread; a row's
+speed is its tokens over the median call time of `--rounds` turns (after one warm-up call
+each), and its ratio to AR is taken turn by turn (the median over turns). Seeds are the same
+for every row in a turn.
 
     python scripts/self_speculative_speed.py [--rounds 16] [--temperature 0.9] [--out FILE]
 
 AR runs at `--ar-temperature` (default 1.0, the quality reference's), the block-diffusion models
-at `--temperature` (default 0.9, where notebook 12's frontier finds them matched).
+at `--temperature` (default 0.9, where notebook 12's frontier finds them matched); the tree
+is the frontier's (`--tree-size 4 --depth 3`).
 
-It prints the machine and, per model, tokens per forward, positions per forward, tokens/s and
-the ratio to AR, and writes them to data/results/self-speculative-speed-cpu.json.
+It prints the machine and, per row, tokens per forward, positions per forward, tokens/s and
+the ratio to AR (the frontier's, float32), to the faster AR and to the faster speculative AR,
+and writes them to
+data/results/self-speculative-speed-cpu.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import statistics
@@ -35,7 +43,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from course_lib import checkpoints, env, fast, fast_forward, self_speculative  # noqa: E402
+from course_lib import (  # noqa: E402
+    checkpoints,
+    draft_tree,
+    env,
+    fast,
+    fast_forward,
+    self_speculative,
+    speculative,
+)
 
 MODELS = ("bd3lm-ar-b2", "bd3lm-ar-b2-more", "bd3lm-ar-b4-more", "bd3lm-ar-b4-more2")
 
@@ -46,94 +62,164 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=0.9, help="the diffusion models'")
     parser.add_argument("--ar-temperature", type=float, default=1.0, help="AR's (the reference's)")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--tree-size", type=int, default=4)
+    parser.add_argument("--depth", type=int, default=3)
     parser.add_argument(
         "--out", default=str(env.DATA_DIR / "results" / "self-speculative-speed-cpu.json")
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    device = torch.device("cpu")
     folder = env.DATA_DIR / "checkpoints"
     ar = checkpoints.load_checkpoint(folder / "ar-small.pt")
     length = ar.config.context_len
-    stage = fast.final_stage(fast.stages_for(device, fast.AR_STAGES))[1]
-    decoder = fast.FastARDecoder(ar, options=stage)
-    newline = torch.ones(1, 1, dtype=torch.long)
-
-    def ar_call(seed):
-        decoder(
-            prompt=newline,
-            n_tokens=length - 1,
-            temperature=args.ar_temperature,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        return length - 1, length - 1, 0
-
-    calls = {"ar-small": ar_call}
+    calls = _ar_calls(ar, args.ar_temperature)
     for name in args.models:
         model = checkpoints.load_checkpoint(folder / f"{name}.pt")
-        if fast_forward.packing_problem() is None:
-            model = fast_forward.prepack_weights(model, rows=4 * model.config.block_len)
-        sampler = self_speculative.SelfSpeculativeSampler(model, length=length)
-
-        def call(seed, sampler=sampler):
-            out = sampler(
-                temperature=args.temperature, generator=torch.Generator().manual_seed(seed)
-            )
-            return out.n_generated, out.nfe, out.positions
-
-        calls[name] = call
+        calls |= _diffusion_calls(name, model, args, length)
     for call in calls.values():
         call(-1)  # warm-up
-    seconds = {name: [] for name in calls}
-    counts = {name: [0, 0, 0] for name in calls}  # tokens, forwards, positions
+    seconds = {key: [] for key in calls}
+    counts = {key: [0, 0, 0] for key in calls}  # tokens, forwards, positions
     for turn in range(args.rounds):
-        for name, call in calls.items():
+        for key, call in calls.items():
             start = time.process_time()
             done = call(turn)
-            seconds[name].append(time.process_time() - start)
-            counts[name] = [a + b for a, b in zip(counts[name], done, strict=True)]
-    rows = []
-    ar_s = seconds["ar-small"]
-    machine = env.describe_environment(device)
+            seconds[key].append(time.process_time() - start)
+            counts[key] = [a + b for a, b in zip(counts[key], done, strict=True)]
+    machine = env.describe_environment(torch.device("cpu"))
     print(
         f"{machine['processor']}, bf16 units: {machine['cpu_bf16_units']}, torch "
         f"{machine['torch']}, one thread, temperature {args.temperature} (AR: "
         f"{args.ar_temperature}), {args.rounds} turns"
     )
-    print(f"{'model':<20}{'tok/fwd':>8}{'pos/fwd':>8}{'tok/s':>7}{'x AR (median of turns)':>24}")
-    for name in calls:
-        tokens, forwards, positions = counts[name]
-        per_call = tokens / args.rounds
-        ratio = statistics.median(a / s for a, s in zip(ar_s, seconds[name], strict=True))
-        if name == "ar-small":
-            ratio = 1.0
-        row = {
-            "model": name,
-            "sampler": "ar" if name == "ar-small" else "self_speculative",
-            "tokens_per_forward": tokens / forwards,
-            "positions_per_forward": positions / forwards if positions else 1.0,
-            "tokens_per_s": per_call / statistics.median(seconds[name]),
-            # AR writes length - 1 tokens a call, the others length: per token, not per call
-            "speedup_vs_ar": ratio * per_call / (counts["ar-small"][0] / args.rounds),
-            "call_seconds": seconds[name],
-        }
-        rows.append(row)
+    rows = _rows(calls, seconds, counts, args.rounds)
+    print(
+        f"{'row':<48}{'tok/fwd':>8}{'pos/fwd':>8}{'tok/s':>7}{'x AR':>7}{'x faster AR':>12}"
+        f"{'x spec. AR':>11}"
+    )
+    for row in rows:
+        label = f"{row['model']} {row['sampler']} ({row['precision']})"
         print(
-            f"{name:<20}{row['tokens_per_forward']:>8.2f}{row['positions_per_forward']:>8.1f}"
-            f"{row['tokens_per_s']:>7.0f}{row['speedup_vs_ar']:>24.2f}"
+            f"{label:<48}{row['tokens_per_forward']:>8.2f}{row['positions_per_forward']:>8.1f}"
+            f"{row['tokens_per_s']:>7.0f}{row['speedup_vs_ar']:>7.2f}"
+            f"{row['speedup_vs_fastest_ar']:>12.2f}{row['speedup_vs_speculative']:>11.2f}"
         )
     result = {
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "environment": machine,
-        "protocol": __doc__.split("\n\n")[1].replace("\n", " ")
+        "protocol": " ".join(__doc__.split("\n\n")[1].split())
         + f" Temperature {args.temperature} (AR: {args.ar_temperature}), {args.rounds} turns, "
-        f"{length} tokens per call.",
+        f"{length} tokens per call, draft tree of {args.tree_size} nodes, depth {args.depth}.",
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {env.shown_path(Path(args.out))}")
     return 0
+
+
+def _ar_calls(ar, temperature) -> dict:
+    """AR's decoder at the frontier's stage (float32), in bfloat16 where that is fast, and
+    speculative AR as the frontier runs it (`speculative.sample_speculative`, ar-draft)."""
+    length = ar.config.context_len
+    stages = {"float32": fast.final_stage(fast.stages_for("cpu", fast.AR_STAGES))[1]}
+    if fast.cpu_bf16_stage(fast.AR_STAGES) is not None:
+        stages["bfloat16"] = fast.cpu_bf16_stage(fast.AR_STAGES)[1]
+    newline = torch.ones(1, 1, dtype=torch.long)
+    calls = {}
+    for precision, stage in stages.items():
+        decoder = fast.FastARDecoder(ar, options=stage)
+
+        def call(seed, decoder=decoder):
+            generator = torch.Generator().manual_seed(seed)
+            decoder(
+                prompt=newline, n_tokens=length - 1, temperature=temperature, generator=generator
+            )
+            return length - 1, length - 1, 0
+
+        calls[("ar-small", "ar", precision)] = call
+    draft = checkpoints.load_checkpoint(env.DATA_DIR / "checkpoints" / "ar-draft.pt")
+    prompt = torch.ones(1, dtype=torch.long)
+    for draft_len in (2, 4):  # the frontier's speculative rows
+
+        def call(seed, draft_len=draft_len):
+            out = speculative.sample_speculative(
+                ar,
+                draft,
+                prompt=prompt,
+                n_tokens=length - 1,
+                draft_len=draft_len,
+                temperature=temperature,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            return out.n_tokens, out.target_forwards, 0
+
+        calls[("ar-small", "speculative", f"float32, draft {draft_len}")] = call
+    return calls
+
+
+def _diffusion_calls(name, model, args, length) -> dict:
+    """The model's self-speculative sampler (float32, prepacked) and its draft tree (bfloat16
+    and prepacked where the CPU has fast bfloat16), as the frontier runs them."""
+    packed = model
+    if fast_forward.packing_problem() is None:
+        packed = fast_forward.prepack_weights(model, rows=4 * model.config.block_len)
+    tree_model, precision = model, "float32"
+    if fast.half_dtype("cpu") == torch.bfloat16:
+        tree_model, precision = copy.deepcopy(model).to(torch.bfloat16), "bfloat16"
+    if fast_forward.packing_problem() is None:
+        tree_model = fast_forward.prepack_weights(tree_model, rows=8 * model.config.block_len)
+    samplers = {
+        (name, "self_speculative", "float32"): self_speculative.SelfSpeculativeSampler(
+            packed, length=length
+        ),
+        (name, "draft_tree", precision): draft_tree.DraftTreeSampler(
+            tree_model, length=length, tree_size=args.tree_size, depth=args.depth
+        ),
+    }
+    calls = {}
+    for key, sampler in samplers.items():
+
+        def call(seed, sampler=sampler):
+            generator = torch.Generator().manual_seed(seed)
+            out = sampler(temperature=args.temperature, generator=generator)
+            return out.n_generated, out.nfe, out.positions
+
+        calls[key] = call
+    return calls
+
+
+def _rows(calls, seconds, counts, rounds) -> list[dict]:
+    ar_key = ("ar-small", "ar", "float32")
+    ar_tokens = counts[ar_key][0] / rounds  # AR writes length - 1 tokens a call, the others
+
+    def fastest(sampler):  # length: ratios are per token, not per call
+        own = [k for k in calls if k[1] == sampler]
+        return min(own, key=lambda k: statistics.median(seconds[k]) / counts[k][0])
+
+    def ratio(key, baseline):
+        turns = zip(seconds[baseline], seconds[key], strict=True)
+        per_call = statistics.median(a / s for a, s in turns)
+        return per_call * (counts[key][0] / rounds) / ar_tokens
+
+    rows = []
+    for key in calls:
+        tokens, forwards, positions = counts[key]
+        rows.append(
+            {
+                "model": key[0],
+                "sampler": key[1],
+                "precision": key[2],
+                "tokens_per_forward": tokens / forwards,
+                "positions_per_forward": positions / forwards if positions else 1.0,
+                "tokens_per_s": tokens / rounds / statistics.median(seconds[key]),
+                "speedup_vs_ar": ratio(key, ar_key),
+                "speedup_vs_fastest_ar": ratio(key, fastest("ar")),
+                "speedup_vs_speculative": ratio(key, fastest("speculative")),
+                "call_seconds": seconds[key],
+            }
+        )
+    return rows
 
 
 if __name__ == "__main__":

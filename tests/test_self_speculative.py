@@ -260,8 +260,23 @@ def test_the_speed_script_times_ar_and_each_model_in_turns(tmp_path):
     script = load_script("self_speculative_speed")
     out = tmp_path / "speed.json"
     assert script.main(["--rounds", "2", "--models", "bd3lm-ar-b2-more", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["model"] for r in rows] == ["ar-small", "bd3lm-ar-b2-more"]
-    assert rows[0]["speedup_vs_ar"] == 1.0 and rows[0]["tokens_per_forward"] == 1.0
-    assert 1.0 < rows[1]["tokens_per_forward"] <= 2.0 and rows[1]["positions_per_forward"] > 2
-    assert all(len(r["call_seconds"]) == 2 and r["tokens_per_s"] > 0 for r in rows)
+    listed = json.loads(out.read_text())["rows"]
+    rows = {(r["model"], r["sampler"], r["precision"]): r for r in listed}
+    assert len(rows) == len(listed)
+    assert {key[:2] for key in rows} == {
+        ("ar-small", "ar"),  # the frontier's, float32, and in bfloat16 where the CPU has it
+        ("ar-small", "speculative"),  # drafts of 2 and of 4
+        ("bd3lm-ar-b2-more", "self_speculative"),
+        ("bd3lm-ar-b2-more", "draft_tree"),
+    }
+    ar = rows["ar-small", "ar", "float32"]
+    assert ar["speedup_vs_ar"] == 1.0
+    assert ar["tokens_per_forward"] == 1.0
+    own = rows["bd3lm-ar-b2-more", "self_speculative", "float32"]
+    assert 1.0 < own["tokens_per_forward"] <= 2.0 and own["positions_per_forward"] > 2
+    tree = next(r for r in listed if r["sampler"] == "draft_tree")  # depth 3: up to 4 a forward
+    assert 1.0 < tree["tokens_per_forward"] <= 4.0
+    assert tree["positions_per_forward"] > own["positions_per_forward"]
+    for r in rows.values():
+        assert len(r["call_seconds"]) == 2 and r["tokens_per_s"] > 0
+        assert r["speedup_vs_fastest_ar"] <= r["speedup_vs_ar"] + 1e-9
