@@ -17,9 +17,10 @@ for every row in a turn.
 
     python scripts/self_speculative_speed.py [--rounds 16] [--temperature 0.9] [--out FILE]
 
-AR runs at `--ar-temperature` (default 1.0, the quality reference's), the block-diffusion models
-at `--temperature` (default 0.9, where notebook 12's frontier finds them matched); the tree
-is the frontier's (`--tree-size 4 --depth 3`).
+AR runs at `--ar-temperature` (default 1.0, the quality reference's), each block-diffusion model
+at the temperature `--models` gives it (NAME:T; default: where notebook 12's frontier matched
+its rows), else at `--temperature`; the trees
+are the frontier's (`--trees 4,3 8,3`).
 
 It prints the machine and, per row, tokens per forward, positions per forward, tokens/s and
 the ratio to AR (the frontier's, float32), to the faster AR and to the faster speculative AR,
@@ -53,17 +54,26 @@ from course_lib import (  # noqa: E402
     speculative,
 )
 
-MODELS = ("bd3lm-ar-b2", "bd3lm-ar-b2-more", "bd3lm-ar-b4-more", "bd3lm-ar-b4-more2")
+# each at the temperature of its matched rows in notebook 12's frontier
+MODELS = (
+    "bd3lm-ar-b2:0.9",
+    "bd3lm-ar-b2-more:0.95",
+    "bd3lm-ar-b4-more:0.9",
+    "bd3lm-ar-b4-more2:0.9",
+)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=16)
-    parser.add_argument("--temperature", type=float, default=0.9, help="the diffusion models'")
+    parser.add_argument(
+        "--temperature", type=float, default=0.9, help="a diffusion model's, unless NAME:T says"
+    )
     parser.add_argument("--ar-temperature", type=float, default=1.0, help="AR's (the reference's)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--tree-size", type=int, default=4)
-    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="NAME or NAME:T")
+    parser.add_argument(
+        "--trees", nargs="+", default=["4,3", "8,3"], help="draft trees, SIZE,DEPTH each"
+    )
     parser.add_argument(
         "--out", default=str(env.DATA_DIR / "results" / "self-speculative-speed-cpu.json")
     )
@@ -73,9 +83,12 @@ def main(argv=None) -> int:
     ar = checkpoints.load_checkpoint(folder / "ar-small.pt")
     length = ar.config.context_len
     calls = _ar_calls(ar, args.ar_temperature)
-    for name in args.models:
+    trees = [tuple(int(v) for v in tree.split(",")) for tree in args.trees]
+    for entry in args.models:
+        name, _, temperature = entry.partition(":")
         model = checkpoints.load_checkpoint(folder / f"{name}.pt")
-        calls |= _diffusion_calls(name, model, args, length)
+        temperature = float(temperature) if temperature else args.temperature
+        calls |= _diffusion_calls(name, model, temperature, trees, length)
     for call in calls.values():
         call(-1)  # warm-up
     seconds = {key: [] for key in calls}
@@ -89,18 +102,17 @@ def main(argv=None) -> int:
     machine = env.describe_environment(torch.device("cpu"))
     print(
         f"{machine['processor']}, bf16 units: {machine['cpu_bf16_units']}, torch "
-        f"{machine['torch']}, one thread, temperature {args.temperature} (AR: "
-        f"{args.ar_temperature}), {args.rounds} turns"
+        f"{machine['torch']}, one thread, {args.rounds} turns"
     )
     rows = _rows(calls, seconds, counts, args.rounds)
     print(
-        f"{'row':<48}{'tok/fwd':>8}{'pos/fwd':>8}{'tok/s':>7}{'x AR':>7}{'x faster AR':>12}"
+        f"{'row':<62}{'tok/fwd':>8}{'pos/fwd':>8}{'tok/s':>7}{'x AR':>7}{'x faster AR':>12}"
         f"{'x spec. AR':>11}"
     )
     for row in rows:
-        label = f"{row['model']} {row['sampler']} ({row['precision']})"
+        label = f"{row['model']} {row['sampler']} {row['setting']} ({row['precision']})"
         print(
-            f"{label:<48}{row['tokens_per_forward']:>8.2f}{row['positions_per_forward']:>8.1f}"
+            f"{label:<62}{row['tokens_per_forward']:>8.2f}{row['positions_per_forward']:>8.1f}"
             f"{row['tokens_per_s']:>7.0f}{row['speedup_vs_ar']:>7.2f}"
             f"{row['speedup_vs_fastest_ar']:>12.2f}{row['speedup_vs_speculative']:>11.2f}"
         )
@@ -108,8 +120,9 @@ def main(argv=None) -> int:
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "environment": machine,
         "protocol": " ".join(__doc__.split("\n\n")[1].split())
-        + f" Temperature {args.temperature} (AR: {args.ar_temperature}), {args.rounds} turns, "
-        f"{length} tokens per call, draft tree of {args.tree_size} nodes, depth {args.depth}.",
+        + f" Models: {' '.join(args.models)} (NAME:temperature; AR: {args.ar_temperature}), "
+        f"{args.rounds} turns, {length} tokens per call, draft trees (size, depth): "
+        f"{' '.join(args.trees)}.",
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +150,7 @@ def _ar_calls(ar, temperature) -> dict:
             )
             return length - 1, length - 1, 0
 
-        calls[("ar-small", "ar", precision)] = call
+        calls[("ar-small", "ar", precision, f"T={temperature}")] = call
     draft = checkpoints.load_checkpoint(env.DATA_DIR / "checkpoints" / "ar-draft.pt")
     prompt = torch.ones(1, dtype=torch.long)
     for draft_len in (2, 4):  # the frontier's speculative rows
@@ -154,11 +167,11 @@ def _ar_calls(ar, temperature) -> dict:
             )
             return out.n_tokens, out.target_forwards, 0
 
-        calls[("ar-small", "speculative", f"float32, draft {draft_len}")] = call
+        calls[("ar-small", "speculative", "float32", f"draft={draft_len} T={temperature}")] = call
     return calls
 
 
-def _diffusion_calls(name, model, args, length) -> dict:
+def _diffusion_calls(name, model, temperature, trees, length) -> dict:
     """The model's self-speculative sampler (float32, prepacked) and its draft tree (bfloat16
     and prepacked where the CPU has fast bfloat16), as the frontier runs them."""
     packed = model
@@ -170,19 +183,21 @@ def _diffusion_calls(name, model, args, length) -> dict:
     if fast_forward.packing_problem() is None:
         tree_model = fast_forward.prepack_weights(tree_model, rows=8 * model.config.block_len)
     samplers = {
-        (name, "self_speculative", "float32"): self_speculative.SelfSpeculativeSampler(
-            packed, length=length
-        ),
-        (name, "draft_tree", precision): draft_tree.DraftTreeSampler(
-            tree_model, length=length, tree_size=args.tree_size, depth=args.depth
-        ),
+        (name, "self_speculative", "float32", f"T={temperature}"): (
+            self_speculative.SelfSpeculativeSampler(packed, length=length)
+        )
     }
+    for size, depth in trees:
+        key = (name, "draft_tree", precision, f"tree={size} depth={depth} T={temperature}")
+        samplers[key] = draft_tree.DraftTreeSampler(
+            tree_model, length=length, tree_size=size, depth=depth
+        )
     calls = {}
     for key, sampler in samplers.items():
 
         def call(seed, sampler=sampler):
             generator = torch.Generator().manual_seed(seed)
-            out = sampler(temperature=args.temperature, generator=generator)
+            out = sampler(temperature=temperature, generator=generator)
             return out.n_generated, out.nfe, out.positions
 
         calls[key] = call
@@ -190,7 +205,7 @@ def _diffusion_calls(name, model, args, length) -> dict:
 
 
 def _rows(calls, seconds, counts, rounds) -> list[dict]:
-    ar_key = ("ar-small", "ar", "float32")
+    ar_key = next(iter(calls))  # the frontier's AR: float32, the first call
     ar_tokens = counts[ar_key][0] / rounds  # AR writes length - 1 tokens a call, the others
 
     def fastest(sampler):  # length: ratios are per token, not per call
@@ -210,6 +225,7 @@ def _rows(calls, seconds, counts, rounds) -> list[dict]:
                 "model": key[0],
                 "sampler": key[1],
                 "precision": key[2],
+                "setting": key[3],
                 "tokens_per_forward": tokens / forwards,
                 "positions_per_forward": positions / forwards if positions else 1.0,
                 "tokens_per_s": tokens / rounds / statistics.median(seconds[key]),

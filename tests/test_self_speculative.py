@@ -261,22 +261,23 @@ def test_the_speed_script_times_ar_and_each_model_in_turns(tmp_path):
     out = tmp_path / "speed.json"
     assert script.main(["--rounds", "2", "--models", "bd3lm-ar-b2-more", "--out", str(out)]) == 0
     listed = json.loads(out.read_text())["rows"]
-    rows = {(r["model"], r["sampler"], r["precision"]): r for r in listed}
-    assert len(rows) == len(listed)
-    assert {key[:2] for key in rows} == {
+    kinds = [(r["model"], r["sampler"]) for r in listed]
+    assert set(kinds) == {
         ("ar-small", "ar"),  # the frontier's, float32, and in bfloat16 where the CPU has it
         ("ar-small", "speculative"),  # drafts of 2 and of 4
         ("bd3lm-ar-b2-more", "self_speculative"),
-        ("bd3lm-ar-b2-more", "draft_tree"),
+        ("bd3lm-ar-b2-more", "draft_tree"),  # the frontier's two trees
     }
-    ar = rows["ar-small", "ar", "float32"]
-    assert ar["speedup_vs_ar"] == 1.0
+    assert kinds.count(("bd3lm-ar-b2-more", "draft_tree")) == 2
+    ar = listed[0]
+    assert ar["sampler"] == "ar" and ar["precision"] == "float32" and ar["speedup_vs_ar"] == 1.0
     assert ar["tokens_per_forward"] == 1.0
-    own = rows["bd3lm-ar-b2-more", "self_speculative", "float32"]
+    own = next(r for r in listed if r["sampler"] == "self_speculative")
     assert 1.0 < own["tokens_per_forward"] <= 2.0 and own["positions_per_forward"] > 2
-    tree = next(r for r in listed if r["sampler"] == "draft_tree")  # depth 3: up to 4 a forward
-    assert 1.0 < tree["tokens_per_forward"] <= 4.0
-    assert tree["positions_per_forward"] > own["positions_per_forward"]
-    for r in rows.values():
+    small, large = [r for r in listed if r["sampler"] == "draft_tree"]  # depth 3: 4 a forward
+    assert small["setting"] == "tree=4 depth=3 T=0.9" and 1.0 < small["tokens_per_forward"] <= 4
+    assert large["positions_per_forward"] > small["positions_per_forward"]
+    assert small["positions_per_forward"] > own["positions_per_forward"]
+    for r in listed:
         assert len(r["call_seconds"]) == 2 and r["tokens_per_s"] > 0
         assert r["speedup_vs_fastest_ar"] <= r["speedup_vs_ar"] + 1e-9
