@@ -1,5 +1,5 @@
 """A block-diffusion model's left-to-right law, sampled several tokens per forward by a tree of
-its own drafts (notebook 12).
+its own guesses (notebook 12).
 
 `self_speculative` reads a block-causal diffusion model left to right: asked for position j
 with the block's earlier positions filled in and the rest masked, the model gives the
