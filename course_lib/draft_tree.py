@@ -17,15 +17,15 @@ did, stop. Every token is drawn from the law's own conditional, whatever the tre
 decides only how many draws one forward pays for. With one uniform number per draw the walk
 consumes the generator as the reference does, so a seed writes the reference's tokens.
 
-The guesses come from the last row of the round before: its outputs after the drawn token are
-the model's marginals there (they cannot see the token just drawn, nor each other). A path's
+The guesses come from the row where the previous round's walk stopped: its outputs after the
+token drawn there are the model's marginals (they cannot see that token, nor each other). A path's
 guessed probability is the product of its tokens' marginals, and the tree keeps the
 `tree_size` likeliest paths: deep where the marginals are sure, wide where they are not. The
 last row's clean blocks go to the KV cache.
 
 Batch 1, as speculative AR. A round costs one forward of every row's positions: the price of
-the tree is positions, which under the memory roof come almost free (notebook 10) and on a
-CPU do not.
+the tree is positions, which for a large model under the memory roof come almost free
+(notebook 10), and for the course's tiny ones, or on a CPU, do not.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ acceptance rate pays for drafts that ignore the replaced token.
 
 Batch 1, as speculative AR. A round costs one forward of (drafts + 1) x block_len positions,
 plus block_len for the next block: the extra positions are the ones a diffusion step already
-pays for, and at batch 1 under the memory roof they come almost free (notebook 10).
+pays for, and at batch 1 under the memory roof they come almost free for a large model
+(notebook 10); for the course's tiny ones the roofline predicts less (notebook 12).
 """
 
 from __future__ import annotations
