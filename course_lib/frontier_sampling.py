@@ -201,45 +201,58 @@ def _sampler_call(setting: Setting, models: dict[str, Transformer]) -> tuple[Cal
     return call, prompt_len
 
 
-def _self_speculative_call(model: Transformer, knobs: dict) -> Callable:
-    """`self_speculative`'s sampler for `_sampler_call`, on the CPU's prepacked weights as the
-    other optimized samplers there."""
-    from course_lib import fast, fast_forward, self_speculative
+def self_speculative_model(model: Transformer) -> Transformer:
+    """The copy of `model` the frontier's self-speculative rows run on: prepacked weights on a
+    CPU, as the other optimized samplers have there (scripts/self_speculative_speed.py too)."""
+    from course_lib import fast, fast_forward
 
     device, _ = device_and_dtype(model)
     if device.type == "cpu" and _last_stage(device, fast.DIFFUSION_STAGES).prepacked_weights:
-        model = fast_forward.prepack_weights(model, rows=4 * model.config.block_len)
-    drafts = knobs.pop("max_drafts", None)
-    sampler = self_speculative.SelfSpeculativeSampler(
-        model, length=model.config.context_len, max_drafts=drafts
-    )
-
-    def call(generator):
-        out = sampler(generator=generator, **knobs)
-        return out.tokens[0], out.n_generated, out.nfe, 0, out.positions
-
-    return call
+        return fast_forward.prepack_weights(model, rows=4 * model.config.block_len)
+    return model
 
 
-def _draft_tree_call(model: Transformer, knobs: dict) -> Callable:
-    """`draft_tree`'s sampler for `_sampler_call`. Its price is positions, which a matmul in
-    bfloat16 makes cheap: where the device has bfloat16 (`fast.half_dtype`: a CPU with
-    bfloat16 units, most GPUs) the rows run in it, on a CPU in oneDNN's prepacked layout;
-    elsewhere in float32, prepacked on a CPU. bfloat16 moves the logits in their third digit:
-    the row's own samples are judged, as every row's."""
-    from course_lib import draft_tree, fast, fast_forward
+def draft_tree_model(model: Transformer) -> Transformer:
+    """The copy of `model` the frontier's draft-tree rows run on. Their price is positions,
+    which a matmul in bfloat16 makes cheap: where the device has bfloat16 (`fast.half_dtype`:
+    a CPU with bfloat16 units, most GPUs) the rows run in it; on a CPU, prepacked as the
+    self-speculative rows. bfloat16 moves the logits in their third digit: the row's own
+    samples are judged, as every row's."""
+    from course_lib import fast, fast_forward
 
     device, _ = device_and_dtype(model)
     if fast.half_dtype(device) == torch.bfloat16:
         model = copy.deepcopy(model).to(torch.bfloat16)
-    if device.type == "cpu" and fast_forward.packing_problem() is None:
+    if device.type == "cpu" and _last_stage(device, fast.DIFFUSION_STAGES).prepacked_weights:
         model = fast_forward.prepack_weights(model, rows=8 * model.config.block_len)
-    sampler = draft_tree.DraftTreeSampler(
-        model,
-        length=model.config.context_len,
-        tree_size=knobs.pop("tree_size"),
-        depth=knobs.pop("depth"),
+    return model
+
+
+def _self_speculative_call(model: Transformer, knobs: dict) -> Callable:
+    """`self_speculative`'s sampler for `_sampler_call`."""
+    from course_lib import self_speculative
+
+    drafts = knobs.pop("max_drafts", None)
+    sampler = self_speculative.SelfSpeculativeSampler(
+        self_speculative_model(model), length=model.config.context_len, max_drafts=drafts
     )
+    return _rounds_call(sampler, knobs)
+
+
+def _draft_tree_call(model: Transformer, knobs: dict) -> Callable:
+    """`draft_tree`'s sampler for `_sampler_call`."""
+    from course_lib import draft_tree
+
+    size, depth = knobs.pop("tree_size"), knobs.pop("depth")
+    sampler = draft_tree.DraftTreeSampler(
+        draft_tree_model(model), length=model.config.context_len, tree_size=size, depth=depth
+    )
+    return _rounds_call(sampler, knobs)
+
+
+def _rounds_call(sampler, knobs: dict) -> Callable:
+    """A `_sampler_call` call of a sampler that reads rows in rounds (self_speculative,
+    draft_tree): its forwards are its rounds, and it counts the positions they read."""
 
     def call(generator):
         out = sampler(generator=generator, **knobs)

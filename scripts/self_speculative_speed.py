@@ -31,7 +31,6 @@ data/results/self-speculative-speed-cpu.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import statistics
@@ -49,7 +48,7 @@ from course_lib import (  # noqa: E402
     draft_tree,
     env,
     fast,
-    fast_forward,
+    frontier_sampling,
     self_speculative,
     speculative,
 )
@@ -172,16 +171,11 @@ def _ar_calls(ar, temperature) -> dict:
 
 
 def _diffusion_calls(name, model, temperature, trees, length) -> dict:
-    """The model's self-speculative sampler (float32, prepacked) and its draft tree (bfloat16
-    and prepacked where the CPU has fast bfloat16), as the frontier runs them."""
-    packed = model
-    if fast_forward.packing_problem() is None:
-        packed = fast_forward.prepack_weights(model, rows=4 * model.config.block_len)
-    tree_model, precision = model, "float32"
-    if fast.half_dtype("cpu") == torch.bfloat16:
-        tree_model, precision = copy.deepcopy(model).to(torch.bfloat16), "bfloat16"
-    if fast_forward.packing_problem() is None:
-        tree_model = fast_forward.prepack_weights(tree_model, rows=8 * model.config.block_len)
+    """The model's self-speculative sampler and its draft trees, on the copies the frontier
+    runs them on (`frontier_sampling.self_speculative_model`, `draft_tree_model`)."""
+    packed = frontier_sampling.self_speculative_model(model)
+    tree_model = frontier_sampling.draft_tree_model(model)
+    precision = str(tree_model.token_emb.weight.dtype).removeprefix("torch.")
     samplers = {
         (name, "self_speculative", "float32", f"T={temperature}"): (
             self_speculative.SelfSpeculativeSampler(packed, length=length)
