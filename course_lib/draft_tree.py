@@ -49,7 +49,6 @@ class DraftTreeSample:
     nfe: int = 0  # network calls: one per round
     positions: int = 0  # positions the network read, all rounds
     drawn: list[int] = field(default_factory=list)  # tokens drawn, per round
-    tree_sizes: list[int] = field(default_factory=list)  # drafted nodes read, per round
 
     @property
     def tokens_per_forward(self) -> float:
@@ -246,7 +245,6 @@ class DraftTreeSampler:
             out.nfe += 1
             out.positions += len(rows.ids)
             out.drawn.append(tree.depths[node] + 1)
-            out.tree_sizes.append(len(tree.parents) - 1)
             # the last row's outputs after the token drawn are the marginals that guess the
             # next tree (none for the last position: a path must leave a position to predict)
             last = min(position + 1 + self.depth, length - 1)

@@ -198,7 +198,7 @@ def test_rows_end_to_end_on_tiny_models():
     ]
     for r in own:
         assert 1.0 < r["tokens_per_forward"] <= 4.0 and r["positions_per_forward"] >= 4
-    # and by a tree of drafts: the same law, for more positions a forward (an untrained
+    # and by trees of guesses: the same law, for more positions a forward (an untrained
     # model's guesses seldom hit: tests/test_draft_tree.py counts the tokens they save)
     tree = [r for r in rows if r["sampler"] == "draft_tree"]
     assert [(r["model"], r["setting"]) for r in tree] == [
