@@ -12,6 +12,7 @@ Categoricals are drawn in float64 by inverting the CDF with one uniform number p
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -68,6 +69,14 @@ def categorical_from_uniforms(probs: torch.Tensor, u: torch.Tensor) -> torch.Ten
     u = u * cdf[..., -1]  # scale by the total mass, which rounding leaves ~1
     ids = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)
     return ids.clamp_(max=probs.shape[-1] - 1)
+
+
+def categorical_from_cdf(cdf: list[float], u: float) -> int:
+    """`categorical_from_uniforms` for one categorical, in plain Python: `cdf` its float64
+    cumulative probabilities as a list (`probs.double().cumsum(-1).tolist()`), `u` its
+    uniform. The same id bit for bit (the same float64 product, the same comparisons), for a
+    walk that draws one token at a time and would pay several tensor calls a draw."""
+    return min(bisect.bisect_right(cdf, u * cdf[-1]), len(cdf) - 1)
 
 
 def check_temperature(temperature: float) -> None:

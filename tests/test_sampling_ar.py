@@ -48,6 +48,25 @@ def test_sample_categorical_matches_the_probabilities():
     torch.testing.assert_close(freq, probs, rtol=0, atol=5 * (0.25 / 100_000) ** 0.5)
 
 
+def test_categorical_from_cdf_draws_the_tensor_rules_ids():
+    """The plain-Python draw (a walk's, one token at a time) against `categorical_from_uniforms`
+    on the same uniforms: equal ids, including impossible tokens, mass that rounding leaves off
+    1, and uniforms that land on a cumulative probability exactly."""
+    from course_lib.step_rules import categorical_from_cdf, categorical_from_uniforms
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(200, 7, generator=generator, dtype=torch.float64) * 3, -1)
+    probs[:50, 2] = 0.0  # mass off 1, an impossible token
+    probs[50:100] = torch.tensor([0.0, 0.25, 0.25, 0.0, 0.5, 0.0, 0.0], dtype=torch.float64)
+    u = torch.rand(200, dtype=torch.float64, generator=generator)
+    edges = [0.0, 0.25, 0.5, 1.0 - 2**-53, 0.75, 0.125, 0.375, 0.2, 0.6, 0.9]
+    u[50:60] = torch.tensor(edges, dtype=torch.float64)
+    expected = categorical_from_uniforms(probs, u).tolist()
+    cdfs = probs.cumsum(-1).tolist()
+    assert [categorical_from_cdf(c, x) for c, x in zip(cdfs, u.tolist(), strict=True)] == expected
+    assert {expected[i] for i in range(50, 100)} <= {1, 2, 4}
+
+
 def test_sample_ar_restores_the_training_mode(model):
     model.train()
     try:
