@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from course_lib import diffusion
 from course_lib.fast_forward import PackedLinear
 from course_lib.metrics import HeldOutBits
-from course_lib.model import KVCache, Transformer, apply_rotary, device_and_dtype, eval_mode
+from course_lib.model import KVCache, Transformer, device_and_dtype, eval_mode
 from course_lib.speculative import accept_or_resample
 from course_lib.step_rules import check_temperature, logits_to_probs, sample_categorical
 
@@ -215,17 +215,20 @@ def rows_forward(
     cache: KVCache,
     commit: int | None = None,
     new_keys: list | None = None,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits (1, T, V) of `ids` (1, T) at `positions` under `mask` (T, cache.length + T),
     attending to the cache's positions and to each other; the cache's length is unchanged but,
     with `commit` = i, the keys and values of ids i..i+block_len-1 are cached as the next
     block. A list `new_keys` receives every layer's (keys, values) of the T ids, (1, H, T, D)
     each, for a caller that decides after the forward which of them to cache (`draft_tree`).
+    `rotary`: `rotary_table(model)`, made once by a sampler (default: made for `positions`).
 
     The network's forward, written for a forward of a few dozen positions on a CPU, where
-    every call costs: queries and keys rotated in one call, the MLP's GELU fused into its
-    matmul when the weights are prepacked (`fast_forward.PackedLinear.gelu`), and the new keys
-    written past the cache's length (scratch space: the length does not move) rather than
+    every call costs: queries and keys rotated together in four calls (`rotary_table`), the
+    mask made additive once rather than by each layer's attention, the MLP's GELU fused into
+    its matmul when the weights are prepacked (`fast_forward.PackedLinear.gelu`), and the new
+    keys written past the cache's length (scratch space: the length does not move) rather than
     concatenated to it, where the cache has room (a sampler can give it room).
     """
     config = model.config
@@ -234,14 +237,19 @@ def rows_forward(
     start = cache.length
     room = start + T <= cache.capacity
     x = model.embed(ids, positions)
-    rotary = model.rotary(positions)
-    if rotary is not None:
-        rotary = tuple(t.to(x.dtype) for t in rotary)
+    if rotary is None:
+        rotary = rotary_table(model, positions)
+    else:
+        rotary = (rotary[0][positions], rotary[1][positions])
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(
+            ~mask, float("-inf")
+        )
     for layer, block in enumerate(model.blocks):
         qkv = block.attn.qkv(block.ln1(x)).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
         qk, v = qkv[:2], qkv[2]  # (2, B, H, T, D), (B, H, T, D)
         if rotary is not None:
-            qk = apply_rotary(qk, rotary)
+            qk = qk * rotary[0] + qk.roll(D // 2, -1) * rotary[1]
         q, k = qk[0], qk[1]
         if room:
             cache.keys[layer][:, :, start : start + T] = k
@@ -268,6 +276,24 @@ def rows_forward(
     if commit is not None:
         cache.length = start + config.block_len
     return model.head(model.ln_f(x))
+
+
+def rotary_table(
+    model: Transformer, positions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """RoPE at `positions` (default: the whole context, for a sampler to index once a round)
+    laid out for `rows_forward`: (cos, sin), each (T, head_dim) in the model's dtype, cos
+    repeated over both halves and sin signed (-sin, sin), so that a rotation is
+    x * cos + x.roll(head_dim // 2, -1) * sin, `model.apply_rotary`'s pairs bit for bit in
+    four calls instead of eight. None for a model with learned positions."""
+    device, dtype = device_and_dtype(model)
+    if positions is None:
+        positions = torch.arange(model.config.context_len, device=device)
+    angles = model.rotary(positions)
+    if angles is None:
+        return None
+    cos, sin = (t.to(dtype) for t in angles)
+    return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
 
 
 def cache_with_room(model: Transformer, room: int) -> KVCache:
@@ -311,6 +337,7 @@ class SelfSpeculativeSampler:
         # room for a round's rows: (drafts + 1) rows of a block, and the next block
         room = (self.max_drafts + 2) * self.block_len
         self.cache = cache_with_room(model, room) if use_kv_cache else None
+        self.rotary = rotary_table(model) if use_kv_cache else None
 
     @torch.inference_mode()
     def __call__(self, *, temperature=1.0, generator=None) -> SelfSpeculativeSample:
@@ -328,6 +355,7 @@ class SelfSpeculativeSampler:
             rnd.mask,
             self.cache,
             commit=rnd.row_starts[-1] if commit else None,
+            rotary=self.rotary,
         )[0]
         bounds = [*rnd.row_starts, len(rnd.ids)]
         return [logits[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]

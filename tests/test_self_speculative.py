@@ -193,6 +193,24 @@ def test_rows_forward_gives_each_row_the_logits_of_its_own_forward(start, packed
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_rotary_table_rotates_as_the_model_does_bit_for_bit(dtype):
+    """`rows_forward`'s rotation (four calls on `rotary_table`) against `model.apply_rotary`,
+    indexed from the whole context's table as a sampler does, or made for the positions."""
+    from course_lib.model import apply_rotary
+
+    model = _tiny("rotary", 4).to(dtype)
+    D = model.config.head_dim
+    positions = torch.tensor([3, 0, 31, 17, 17, 8])
+    x = torch.randn(2, 1, model.config.n_head, 6, D, generator=torch.Generator().manual_seed(0))
+    x = x.to(dtype)
+    want = apply_rotary(x, model.rotary(positions))
+    table = ss.rotary_table(model)
+    for cos, sin in [(t[positions] for t in table), ss.rotary_table(model, positions)]:
+        assert torch.equal(x * cos + x.roll(D // 2, -1) * sin, want)
+    assert ss.rotary_table(_tiny("learned", 4)) is None
+
+
 def test_a_cache_with_room_is_longer_by_whole_blocks():
     model = _tiny("rotary", 4)
     cache = ss.cache_with_room(model, 5)
