@@ -35,9 +35,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from course_lib import env
 from course_lib.model import Transformer, device_and_dtype, eval_mode
-from course_lib.self_speculative import cache_with_room, check_left_to_right, rows_forward
-from course_lib.step_rules import check_temperature, logits_to_probs, sample_categorical
+from course_lib.self_speculative import (
+    cache_with_room,
+    check_left_to_right,
+    rotary_table,
+    rows_forward,
+)
+from course_lib.step_rules import categorical_from_cdf, check_temperature, logits_to_probs
 
 
 @dataclass
@@ -112,21 +118,69 @@ def grow_tree(marginals: torch.Tensor, size: int) -> _Tree:
 
 @dataclass
 class _Rows:
-    """A round's input: the shared block (the committed tokens, when they fill a block the cache
-    lacks: every row reads it as clean context), then one row per node. Row i covers positions
-    base .. base + lengths[i] - 1 and starts at starts[i] in the flat ids."""
+    """A round's input: one row per node, each covering positions base .. base + len - 1 (base:
+    the first uncached position), laid side by side in flat ids, sharing the blocks they agree
+    on (`_Layout`). Row i's position p is at flat index where[i][p - base]."""
 
     ids: torch.Tensor  # (T,)
     positions: torch.Tensor  # (T,)
-    mask: torch.Tensor  # (T, cached + T) bool: the shared block sees itself, a row it and itself
-    shared: int  # the shared block's length (0 or block_len)
-    base: int  # the rows' first position
-    starts: list[int]
-    lengths: list[int]
+    mask: torch.Tensor  # (T, cached + T) bool: the cache, the block and its rows' earlier ones
+    base: int
+    where: list[list[int]]
 
     def index(self, row: int, position: int) -> int:
         """Where `position` of row `row` is in the flat ids."""
-        return self.starts[row] + position - self.base
+        return self.where[row][position - self.base]
+
+
+class _Layout:
+    """Rows laid side by side in one flat input, sharing the blocks they agree on: a block is
+    laid out once for each (parent block, tokens), its parent the block before it in its
+    rows. Block-causal attention makes a block's outputs depend only on it and the blocks
+    before it, so rows that hold the same tokens up to a block's end may read it once."""
+
+    def __init__(self, block_len: int) -> None:
+        self.block_len = block_len
+        self.ids: list[int] = []
+        self.block_of: list[int] = []  # each flat position's block
+        self.starts: list[int] = []  # each block's first flat index
+        self.parents: list[int] = []  # each block's parent (-1: the row's first block)
+        self.blocks: dict[tuple[int, tuple[int, ...]], int] = {}
+
+    def add(self, row: list[int]) -> list[int]:
+        """Lay out `row`, blocks it shares with earlier rows read from them: the flat index of
+        each of its positions."""
+        flat, parent = [], -1
+        for k in range(0, len(row), self.block_len):
+            chunk = tuple(row[k : k + self.block_len])
+            block = self.blocks.get((parent, chunk))
+            if block is None:
+                block = self.blocks[parent, chunk] = len(self.starts)
+                self.starts.append(len(self.ids))
+                self.parents.append(parent)
+                self.ids.extend(chunk)
+                self.block_of.extend([block] * len(chunk))
+            flat.extend(range(self.starts[block], self.starts[block] + len(chunk)))
+            parent = block
+        return flat
+
+
+def _subtree_ranges(parents: list[int]) -> tuple[list[int], list[int]]:
+    """Number a forest depth first (each node's parent before it, -1 for a root): node i gets
+    first[i], and its subtree is the nodes numbered first[i] .. last[i] - 1."""
+    size = [1] * len(parents)
+    for node in reversed(range(len(parents))):
+        if parents[node] >= 0:
+            size[parents[node]] += size[node]
+    first, free, top = [0] * len(parents), [0] * len(parents), 0  # free: a child's number
+    for node, parent in enumerate(parents):
+        if parent < 0:
+            first[node], top = top, top + size[node]
+        else:
+            first[node] = free[parent]
+            free[parent] += size[node]
+        free[node] = first[node] + 1
+    return first, [f + n for f, n in zip(first, size, strict=True)]
 
 
 class DraftTreeSampler:
@@ -134,8 +188,8 @@ class DraftTreeSampler:
 
     `tree_size`: drafted nodes a round reads beside the root (0: one token per forward, the
     reference with a KV cache). `depth`: the deepest guess, in tokens after the root's; each
-    row reaches to the end of the block that holds its depth-th position after its own, so
-    its marginals can guess that far. `model` may be a copy laid out for speed
+    row reaches `depth` positions past its own prediction, so that its marginals can guess
+    that far (and at least to its block's end). `model` may be a copy laid out for speed
     (`fast_forward.prepack_weights`): the sampler only calls its submodules.
     `use_kv_cache=False` reads every row with a plain forward of the clean blocks and the row
     (the reference the cached rows must match).
@@ -151,9 +205,10 @@ class DraftTreeSampler:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.model, self.length, self.tree_size, self.depth = model, length, tree_size, depth
         self.device, _ = device_and_dtype(model)
-        # room for a round: the shared block, and rows of under 2 (depth + block_len) each
+        # room for a round: rows of at most 2 (depth + block_len) positions each
         room = self.block_len + (tree_size + 1) * 2 * (depth + self.block_len)
         self.cache = cache_with_room(model, room) if use_kv_cache else None
+        self.rotary = rotary_table(model) if use_kv_cache else None
 
     @torch.inference_mode()
     def __call__(self, *, temperature=1.0, generator=None) -> DraftTreeSample:
@@ -162,62 +217,78 @@ class DraftTreeSampler:
             return self._decode(temperature, generator)
 
     def _row_end(self, position: int) -> int:
-        """Where the row of the node that predicts `position` ends: the end of the block that
-        holds the position `depth` after it, so that its outputs can guess that far (a leaf's
-        row too: a walk may stop anywhere, and guessing from an ancestor's row instead, which
-        misses more tokens, cost more tokens a forward than its positions saved)."""
+        """Where the row of the node that predicts `position` ends: past the position `depth`
+        after it, so that its outputs can guess that far, and not before its own block's end,
+        which the model reads whole (a leaf's row too: a walk may stop anywhere, and guessing
+        from an ancestor's row instead, which misses more tokens, cost more tokens a forward
+        than its positions saved)."""
         b = self.block_len
-        return min((position + self.depth) // b * b + b, self.length)
+        return min(max(position // b * b + b, position + self.depth + 1), self.length)
 
     def _build_rows(self, seq, cached: int, n: int, tree: _Tree) -> _Rows:
-        b, mask_id, device = self.block_len, self.model.mask_id, self.device
+        mask_id = self.model.mask_id
         committed = seq[0, cached:n].tolist()
-        shared = b if len(committed) == b else 0
-        base = cached + shared
-        committed = committed[shared:]
-        lengths = [self._row_end(n + d) - base for d in tree.depths]
-        ids = seq[0, cached:base].tolist()
-        for i, size in enumerate(lengths):
+        layout, where = _Layout(self.block_len), []
+        for i, depth in enumerate(tree.depths):
             row = committed + tree.path(i)
-            ids.extend(row + [mask_id] * (size - len(row)))
-        T = len(ids)
-        lengths_t = torch.tensor(lengths, device=device)
-        row_of = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths_t)
-        starts = torch.cumsum(lengths_t, 0) - lengths_t + shared
-        local = torch.arange(T - shared, device=device) - starts[row_of] + shared
-        block = local // b
-        mask = torch.ones(T, cached + T, dtype=torch.bool, device=device)
-        mask[:shared, cached + shared :] = False
-        mask[shared:, cached + shared :] = (row_of[:, None] == row_of[None, :]) & (
-            block[None, :] <= block[:, None]
+            where.append(layout.add(row + [mask_id] * (self._row_end(n + depth) - n - depth)))
+        # block j sees block i when i is j or an ancestor of j: when j lies in i's subtree,
+        # which numbering the blocks depth first makes a range, first[i] <= first[j] < last[i]
+        first, last = _subtree_ranges(layout.parents)
+        ids, T = layout.ids, len(layout.ids)
+        order = torch.tensor([first[i] for i in layout.block_of])
+        ends = torch.tensor([last[i] for i in layout.block_of])
+        mask = torch.ones(T, cached + T, dtype=torch.bool)
+        mask[:, cached:] = (order[None, :] <= order[:, None]) & (order[:, None] < ends[None, :])
+        positions = [0] * T
+        for row in where:
+            for offset, index in enumerate(row):
+                positions[index] = cached + offset
+        device = self.device
+        return _Rows(
+            torch.tensor(ids, device=device),
+            torch.tensor(positions, device=device),
+            mask.to(device),
+            cached,
+            where,
         )
-        positions = torch.cat([torch.arange(cached, base, device=device), base + local])
-        ids_t = torch.tensor(ids, device=device)
-        return _Rows(ids_t, positions, mask, shared, base, starts.tolist(), lengths)
 
-    def _forward(self, seq, cached: int, rows: _Rows) -> tuple[torch.Tensor, list]:
+    def _forward(self, seq, rows: _Rows) -> tuple[torch.Tensor, list]:
         """Logits (T, V) of the round's input, and each layer's (keys, values) of it (with the
-        KV cache; without, a plain forward per row, and no logits for the shared block)."""
+        KV cache; without, a plain forward per row)."""
         if self.cache is None:
-            logits = [torch.zeros(rows.shared, self.model.config.vocab_size)]
-            for start, size in zip(rows.starts, rows.lengths, strict=True):
-                row = torch.cat([seq[0, : rows.base], rows.ids[start : start + size]])
-                logits.append(self.model(row[None])[0, rows.base :])
-            return torch.cat(logits), []
+            logits = torch.zeros(len(rows.ids), self.model.config.vocab_size)
+            for row in rows.where:
+                ids = torch.cat([seq[0, : rows.base], rows.ids[row]])
+                logits[row] = self.model(ids[None])[0, rows.base :]
+            return logits, []
         new_keys: list = []
         logits = rows_forward(
-            self.model, rows.ids[None], rows.positions, rows.mask, self.cache, new_keys=new_keys
+            self.model,
+            rows.ids[None],
+            rows.positions,
+            rows.mask,
+            self.cache,
+            new_keys=new_keys,
+            rotary=self.rotary,
         )
         return logits[0], new_keys
 
-    def _cache(self, new_keys, start: int, first: int, end: int) -> None:
-        """Cache positions first..end-1, read from the flat input's index `start` on."""
-        if self.cache is None or end == first:
+    def _cache(self, new_keys, rows: _Rows, row: int, end: int) -> None:
+        """Cache row `row`'s positions up to `end` (exclusive): its clean blocks."""
+        if self.cache is None or end == rows.base:
             return
-        span = slice(start, start + end - first)
-        for layer, (k, v) in enumerate(new_keys):
-            self.cache.keys[layer][:, :, first:end] = k[:, :, span]
-            self.cache.values[layer][:, :, first:end] = v[:, :, span]
+        flat, done = rows.where[row][: end - rows.base], 0
+        if rows.base + len(rows.ids) <= self.cache.capacity:
+            # `rows_forward` wrote the round's keys past the cache's length, flat index i at
+            # base + i: a row's blocks laid out first are in place already
+            while done < len(flat) and flat[done] == done:
+                done += 1
+        if done < len(flat):
+            index = torch.tensor(flat[done:], device=self.device)
+            for layer, (k, v) in enumerate(new_keys):
+                self.cache.keys[layer][:, :, rows.base + done : end] = k[:, :, index]
+                self.cache.values[layer][:, :, rows.base + done : end] = v[:, :, index]
         self.cache.length = end
 
     def _decode(self, temperature, generator) -> DraftTreeSample:
@@ -227,34 +298,37 @@ class DraftTreeSampler:
         if self.cache is not None:
             self.cache.reset()
         cached, n, tree = 0, 0, _Tree.root()  # cached <= n: the tokens committed
+        gen_device = env.generator_device(generator, self.device)
         while n < length:
             rows = self._build_rows(seq, cached, n, tree)
-            logits, new_keys = self._forward(seq, cached, rows)
+            logits, new_keys = self._forward(seq, rows)
             # each node's conditional: its row's output at the position after its path
+            probs = logits_to_probs(logits, temperature)
             at = [rows.index(i, n + d) for i, d in enumerate(tree.depths)]
-            probs = logits_to_probs(logits[at], temperature)
-            children, node = tree.children(), 0
+            cdfs = probs[at].cumsum(-1)
+            children, node, drawn = tree.children(), 0, []
             while True:
+                # one draw as `sample_categorical` makes it: one uniform, the inverse CDF
+                u = torch.rand((), dtype=torch.float64, generator=generator, device=gen_device)
+                drawn.append(categorical_from_cdf(cdfs[node].tolist(), u.item()))
                 position = n + tree.depths[node]
-                token = int(sample_categorical(probs[node], generator))
-                seq[0, position] = token
-                child = children.get((node, token))
+                child = children.get((node, drawn[-1]))
                 if child is None or position + 1 == length:
                     break
                 node = child
+            seq[0, n : position + 1] = torch.tensor(drawn)
             out.nfe += 1
             out.positions += len(rows.ids)
-            out.drawn.append(tree.depths[node] + 1)
-            # the last row's outputs after the token drawn are the marginals that guess the
+            out.drawn.append(len(drawn))
+            # the stopping row's outputs after the token drawn are the marginals that guess the
             # next tree (none for the last position: a path must leave a position to predict)
             last = min(position + 1 + self.depth, length - 1)
-            guesses = logits[rows.index(node, position + 1) : rows.index(node, last)]
-            # final now: the shared block, and the clean blocks of the last row
-            self._cache(new_keys, 0, cached, rows.base)
+            guesses = probs[rows.where[node][position + 1 - rows.base : last - rows.base]]
+            # final now: the clean blocks of the row where the walk stopped
             new_cached = position // b * b
-            self._cache(new_keys, rows.starts[node], rows.base, new_cached)
+            self._cache(new_keys, rows, node, new_cached)
             cached, n = new_cached, position + 1
-            tree = grow_tree(logits_to_probs(guesses, temperature), self.tree_size)
+            tree = grow_tree(guesses, self.tree_size)
         return out
 
 
@@ -272,6 +346,10 @@ def sample_draft_tree(
     `self_speculative.sample_left_to_right` draws them, several per forward (the module's
     docstring)."""
     sampler = DraftTreeSampler(
-        model, length=length, tree_size=tree_size, depth=depth, use_kv_cache=use_kv_cache
+        model,
+        length=length,
+        tree_size=tree_size,
+        depth=depth,
+        use_kv_cache=use_kv_cache,
     )
     return sampler(temperature=temperature, generator=generator)

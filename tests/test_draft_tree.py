@@ -45,10 +45,10 @@ def test_the_tree_writes_the_reference_tokens_of_a_closed_form_law(tree_size, de
     [("learned", 2, 4, 2), ("rotary", 2, 8, 3), ("learned", 4, 6, 3), ("rotary", 4, 16, 5)]
     + [("rotary", 8, 8, 3), ("learned", 8, 2, 9)],
 )
-def test_the_kv_cache_and_the_shared_block_change_no_token(position, block_len, tree_size, depth):
-    """One forward a round over the cache (rows side by side under one mask, the committed
-    block read once, the last row's clean blocks cached) writes the tokens of plain forwards
-    and of the reference, on a network whose guesses are often wrong."""
+def test_the_kv_cache_and_shared_blocks_change_no_token(position, block_len, tree_size, depth):
+    """One forward a round over the cache (rows side by side under one mask, the blocks they
+    agree on read once, the stopping row's clean blocks cached) writes the tokens of plain
+    forwards and of the reference, on a network whose guesses are often wrong."""
     model = _tiny(position, block_len)
     deep = shallow = 0
     for seed in range(6):
@@ -71,6 +71,39 @@ def test_the_kv_cache_and_the_shared_block_change_no_token(position, block_len, 
         deep += sum(d > 1 for d in outs[0].drawn)
         shallow += sum(d == 1 for d in outs[0].drawn)
     assert deep and shallow  # walks that went down the tree, and walks that stopped at once
+
+
+@pytest.mark.parametrize("block_len, committed", [(2, 2), (2, 1), (4, 3), (4, 4)])
+def test_rows_share_the_blocks_they_agree_on_and_see_only_their_own(block_len, committed):
+    """The round's layout, against each row written out alone: every row reads back its own
+    tokens at its own positions, reaches `depth` past its prediction (and its block's end),
+    and each of its positions sees, of the round's input, exactly its row's blocks up to its
+    own; rows that agree on a block read it once."""
+    model = _tiny("rotary", block_len)
+    sampler = dt.DraftTreeSampler(model, tree_size=9, depth=3)
+    torch.manual_seed(0)
+    tree = dt.grow_tree(torch.softmax(torch.randn(3, 11) * 3, -1).double(), 9)
+    cached = 8
+    n = cached + committed
+    seq = torch.full((1, 32), model.mask_id)
+    seq[0, :n] = torch.randint(0, 11, (n,))
+    rows = sampler._build_rows(seq, cached, n, tree)
+    new = rows.mask[:, cached:]
+    assert rows.mask[:, :cached].all()
+    lengths = []
+    for i, depth in enumerate(tree.depths):
+        p = n + depth  # the position the node predicts
+        end = max(p // block_len * block_len + block_len, p + 3 + 1)
+        row = seq[0, cached:n].tolist() + tree.path(i)
+        row += [model.mask_id] * (end - cached - len(row))
+        flat = rows.where[i]
+        assert rows.ids[flat].tolist() == row
+        assert rows.positions[flat].tolist() == list(range(cached, end))
+        for j, index in enumerate(flat):
+            own = flat[: (j // block_len + 1) * block_len]  # its block and the ones before
+            assert torch.nonzero(new[index]).flatten().tolist() == sorted(own)
+        lengths.append(len(row))
+    assert len(rows.ids) < sum(lengths)  # shared blocks were read once
 
 
 def test_a_sequence_shorter_than_the_context():
