@@ -39,7 +39,7 @@ def default_settings(
     thresholds: Sequence[float] = (0.9, 0.7, 0.5),
     draft_lens: Sequence[int] = (2, 4),
     self_speculative_temperatures: Sequence[float] = (1.0, 0.95, 0.9),
-    draft_trees: Sequence[tuple[int, int]] = ((4, 3), (8, 3)),
+    draft_trees: Sequence[tuple[int, int]] = ((6, 2), (6, 3)),
 ) -> list[Setting]:
     """AR at temperatures 1.0 and 0.8, speculative AR, and every diffusion model under
     confidence, threshold and ancestral decoding at several tokens per forward; a block-causal
@@ -48,7 +48,7 @@ def default_settings(
     at `self_speculative_temperatures`: its law is exact, so only a temperature can move
     its quality, and a model a little flatter than AR needs one a little below 1. The same
     law is sampled by trees of guesses too (`draft_tree`, each of `draft_trees` a (tree size,
-    depth): the smaller one the fastest on this course's CPU, the larger one more tokens per
+    depth): the shallower one the fastest on this course's CPU, the deeper one more tokens per
     forward), at the same temperatures."""
     settings = [Setting(ar, "ar", {"temperature": t}) for t in (1.0, 0.8)]
     if draft is not None:

@@ -20,7 +20,7 @@ for every row in a turn.
 AR runs at `--ar-temperature` (default 1.0, the quality reference's), each block-diffusion model
 at the temperature `--models` gives it (NAME:T; default: where notebook 12's frontier matched
 its rows), else at `--temperature`; the trees
-are the frontier's (`--trees 4,3 8,3`).
+are the frontier's (`--trees 6,2 6,3`).
 
 It prints the machine and, per row, tokens per forward, positions per forward, tokens/s and
 the ratio to AR (the frontier's, float32), to the faster AR and to the faster speculative AR,
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ar-temperature", type=float, default=1.0, help="AR's (the reference's)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="NAME or NAME:T")
     parser.add_argument(
-        "--trees", nargs="+", default=["4,3", "8,3"], help="draft trees, SIZE,DEPTH each"
+        "--trees", nargs="+", default=["6,2", "6,3"], help="draft trees, SIZE,DEPTH each"
     )
     parser.add_argument(
         "--out", default=str(env.DATA_DIR / "results" / "self-speculative-speed-cpu.json")

@@ -202,8 +202,8 @@ def test_rows_end_to_end_on_tiny_models():
     # model's guesses seldom hit: tests/test_draft_tree.py counts the tokens they save)
     tree = [r for r in rows if r["sampler"] == "draft_tree"]
     assert [(r["model"], r["setting"]) for r in tree] == [
-        ("bd3", {"tree_size": 4, "depth": 3, "temperature": 1.0}),
-        ("bd3", {"tree_size": 8, "depth": 3, "temperature": 1.0}),
+        ("bd3", {"tree_size": 6, "depth": 2, "temperature": 1.0}),
+        ("bd3", {"tree_size": 6, "depth": 3, "temperature": 1.0}),
     ]
     for r in tree:
         assert 1.0 <= r["tokens_per_forward"] <= 4.0 and r["positions_per_forward"] > 4
