@@ -1,31 +1,29 @@
 """Self-speculative and draft-tree block diffusion against the optimized AR decoder, timed in
 turns.
 
-The frontier times each row once, one row after another, and on this CPU two rows of the same
-sampler can differ by 10-20% (AR at temperatures 1.0 and 0.8, say). A verdict that rests on a
-ratio of speeds deserves a steadier measurement: here AR (`fast.FastARDecoder` at its last
-CPU stage, the frontier's; and, on a CPU with fast bfloat16, the same decoder in bfloat16, so
-that AR is offered what the draft tree uses), speculative AR (the frontier's, drafts of 2 and
-4 from ar-draft) and each block-diffusion model's samplers
-(`self_speculative.SelfSpeculativeSampler` on prepacked weights and `draft_tree.DraftTreeSampler`
-in bfloat16 where the CPU has it, the frontier's) write whole sequences of the context's
-length, batch 1, **in turns** (AR, model 1, model 2, ..., AR, ...), so that a slow minute of
-the machine slows them all. Each call is timed in process CPU seconds on one thread; a row's
-speed is its tokens over the median call time of `--rounds` turns (after one warm-up call
-each), and its ratio to AR is taken turn by turn (the median over turns). Seeds are the same
-for every row in a turn.
+The frontier times each row once, one row after another, and the same row timed in two runs can
+differ by several percent (the frontier file's AR row against its `merged` line's). A verdict
+that rests on a ratio of speeds deserves a steadier measurement: here AR (`fast.FastARDecoder`
+at its last CPU stage, the frontier's; and, on a CPU with fast bfloat16, the same decoder in
+bfloat16, so that AR is offered what the draft tree uses), speculative AR (the frontier's,
+drafts of 2 and 4 from ar-draft) and each block-diffusion model's samplers
+(`self_speculative.SelfSpeculativeSampler` on prepacked weights and
+`draft_tree.DraftTreeSampler` in bfloat16 where the CPU has it, the frontier's) write whole
+sequences of the context's length, batch 1, **in turns** (AR, model 1, model 2, ..., AR, ...),
+so that a slow minute of the machine slows them all. Each call is timed in process CPU seconds
+on one thread; a row's speed is its tokens over the median call time of `--rounds` turns (after
+one warm-up call each), and its ratio to AR is taken turn by turn (the median over turns).
+Seeds are the same for every row in a turn.
 
     python scripts/self_speculative_speed.py [--rounds 16] [--temperature 0.9] [--out FILE]
 
-AR runs at `--ar-temperature` (default 1.0, the quality reference's), each block-diffusion model
-at the temperature `--models` gives it (NAME:T; default: where notebook 12's frontier matched
-its rows), else at `--temperature`; the trees
-are the frontier's (`--trees 6,2 6,3`).
+AR runs at `--ar-temperature` (default 1.0, the quality reference's), each block-diffusion
+model at the temperature `--models` gives it (NAME:T; default: where notebook 12's frontier
+matched its rows), else at `--temperature`; the trees are the frontier's (`--trees 6,2 6,3`).
 
-It prints the machine and, per row, tokens per forward, positions per forward, tokens/s and
-the ratio to AR (the frontier's, float32), to the faster AR and to the faster speculative AR,
-and writes them to
-data/results/self-speculative-speed-cpu.json.
+It prints the machine and, per row, tokens per forward, positions per forward, tokens/s and the
+ratio to AR (the frontier's, float32), to the faster AR and to the faster speculative AR, and
+writes them to data/results/self-speculative-speed-cpu.json.
 """
 
 from __future__ import annotations
