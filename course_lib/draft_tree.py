@@ -10,7 +10,8 @@ reads a *tree* of them, and needs no check at all.
 A node of the tree is a guess of the next few tokens (its path from the root); its *row* is the
 uncached blocks with the committed tokens and the path filled in and the rest masked, and the
 row's output at the position after the path is the model's exact conditional there. One
-forward reads every node's row. Then the round walks down from the root: draw the next token
+forward reads every node's row, a block that several rows hold alike (the same tokens up to its
+end) once. Then the round walks down from the root: draw the next token
 from the node's conditional, exactly as the reference would; if a child of the node guessed
 that token, move to the child (its row holds the next conditional) and draw again; if none
 did, stop. Every token is drawn from the law's own conditional, whatever the tree: the tree
@@ -21,7 +22,7 @@ The guesses come from the row where the previous round's walk stopped: its outpu
 token drawn there are the model's marginals (they cannot see that token, nor each other). A path's
 guessed probability is the product of its tokens' marginals, and the tree keeps the
 `tree_size` likeliest paths: deep where the marginals are sure, wide where they are not. The
-last row's clean blocks go to the KV cache.
+clean blocks of the row where the walk stopped go to the KV cache.
 
 Batch 1, as speculative AR. A round costs one forward of every row's positions: the price of
 the tree is positions, which for a large model under the memory roof come almost free
