@@ -258,7 +258,7 @@ class DraftTreeSampler:
         """Logits (T, V) of the round's input, and each layer's (keys, values) of it (with the
         KV cache; without, a plain forward per row)."""
         if self.cache is None:
-            logits = torch.zeros(len(rows.ids), self.model.config.vocab_size)
+            logits = torch.zeros(len(rows.ids), self.model.config.vocab_size, device=self.device)
             for row in rows.where:
                 ids = torch.cat([seq[0, : rows.base], rows.ids[row]])
                 logits[row] = self.model(ids[None])[0, rows.base :]
