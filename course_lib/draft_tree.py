@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from course_lib import env
 from course_lib.model import Transformer, device_and_dtype, eval_mode
+from course_lib.sampling import draw_uniforms
 from course_lib.self_speculative import (
     cache_with_room,
     check_left_to_right,
@@ -299,7 +299,6 @@ class DraftTreeSampler:
         if self.cache is not None:
             self.cache.reset()
         cached, n, tree = 0, 0, _Tree.root()  # cached <= n: the tokens committed
-        gen_device = env.generator_device(generator, self.device)
         while n < length:
             rows = self._build_rows(seq, cached, n, tree)
             logits, new_keys = self._forward(seq, rows)
@@ -310,8 +309,8 @@ class DraftTreeSampler:
             children, node, drawn = tree.children(), 0, []
             while True:
                 # one draw as `sample_categorical` makes it: one uniform, the inverse CDF
-                u = torch.rand((), dtype=torch.float64, generator=generator, device=gen_device)
-                drawn.append(categorical_from_cdf(cdfs[node].tolist(), u.item()))
+                u = draw_uniforms((), generator, self.device).item()
+                drawn.append(categorical_from_cdf(cdfs[node].tolist(), u))
                 position = n + tree.depths[node]
                 child = children.get((node, drawn[-1]))
                 if child is None or position + 1 == length:
