@@ -151,6 +151,30 @@ for _name, _start, _block, _why in (
     )
 register(
     Preset(
+        name="bd3lm-ar-b2-look",
+        description=(
+            "bd3lm-ar-b2-more trained for 600 more steps (lr 3e-4) with BD3-LM's loss plus the "
+            "lookahead loss: the lookahead lever, guesses past the block for notebook 12's tree"
+        ),
+        model=PRESETS["bd3lm-ar-b2-more"].model,
+        train=replace(_FINE_TUNE, objective="bd3lm-lookahead", steps=600, lr=3e-4),
+        init_from="bd3lm-ar-b2-more",
+    )
+)
+register(
+    Preset(
+        name="bd3lm-ar-b2-look2",
+        description=(
+            "bd3lm-ar-b2-look trained for 1500 more steps (lr 3e-4) with the same loss: do the "
+            "guesses past the block keep improving?"
+        ),
+        model=PRESETS["bd3lm-ar-b2-look"].model,
+        train=replace(PRESETS["bd3lm-ar-b2-look"].train, steps=1500),
+        init_from="bd3lm-ar-b2-look",
+    )
+)
+register(
+    Preset(
         name="bd3lm-ar-b4-long",
         description=(
             "bd3lm-ar-b4 for a GPU: from ar-small's weights, 6000 steps of 128 windows (about "

@@ -6,8 +6,10 @@ periodic evaluation, atomic checkpoints, resume, and DistributedDataParallel und
 
 The loop does not know what it trains. An *objective* turns a batch into a scalar loss:
 `"ar"` (next-token cross-entropy, here), `"mdlm"` (the masked-diffusion ELBO of
-`course_lib.diffusion`) or `"bd3lm"` (its block-diffusion form), listed in `OBJECTIVES`. A *batch source* hands out batches (text windows or samples of
-a synthetic distribution).
+`course_lib.diffusion`), `"bd3lm"` (its block-diffusion form) or `"bd3lm-lookahead"` (that
+plus `course_lib.lookahead`'s loss), listed in `OBJECTIVES`; evaluation reports bits per token
+(`EVAL_OBJECTIVES`). A *batch source* hands out batches (text windows or samples of a
+synthetic distribution).
 
 Interrupting (Ctrl-C, or an error) saves a checkpoint of the last finished step; running the
 same call again resumes from it and reaches exactly the result of an uninterrupted run. After
@@ -30,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from course_lib import checkpoints, data, diffusion, env
+from course_lib import checkpoints, data, diffusion, env, lookahead
 from course_lib.model import Transformer, eval_mode
 
 
@@ -118,7 +120,10 @@ OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
     "ar": ar_loss,
     "mdlm": diffusion.mdlm_objective,
     "bd3lm": diffusion.bd3lm_objective,
+    "bd3lm-lookahead": lookahead.bd3lm_lookahead_objective,
 }
+# an objective whose loss is not the model's bits per token is evaluated with one that is
+EVAL_OBJECTIVES: dict[str, str] = {"bd3lm-lookahead": "bd3lm"}
 
 
 def get_objective(name: str) -> Callable[..., torch.Tensor]:
@@ -198,6 +203,7 @@ class _Run:
     cfg: TrainConfig
     source: BatchSource
     loss_fn: Callable[..., torch.Tensor]
+    eval_fn: Callable[..., torch.Tensor]  # the model's bits per token, evaluated
     optimizer: torch.optim.Optimizer
     device: torch.device
     autocast: torch.dtype | None
@@ -303,7 +309,7 @@ def train_step(run: _Run) -> float:
 def log_evaluation(run: _Run, **extra) -> None:
     """Evaluate the model after `run.step` steps and add a row to the history."""
     val = evaluate(
-        run.model, run.source, run.cfg, run.loss_fn, device=run.device, autocast=run.autocast
+        run.model, run.source, run.cfg, run.eval_fn, device=run.device, autocast=run.autocast
     )
     elapsed = time.perf_counter() - run.t0
     run.result.history.append(
@@ -389,6 +395,7 @@ def _set_up(model, cfg, source, out_dir, resume, device, progress) -> _Run:
         cfg=cfg,
         source=source if source is not None else TextBatches("pystdlib", cfg.seq_len),
         loss_fn=get_objective(cfg.objective),
+        eval_fn=get_objective(EVAL_OBJECTIVES.get(cfg.objective, cfg.objective)),
         optimizer=_make_optimizer(model, cfg, device),
         device=device,
         autocast=_precision(cfg, device),
