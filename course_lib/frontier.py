@@ -59,6 +59,8 @@ DEFAULT_DIFFUSION = (
     "mdlm-small",
     "bd3lm-ar-b2",
     "bd3lm-ar-b2-more",
+    "bd3lm-ar-b2-look",
+    "bd3lm-ar-b2-look2",
     "bd3lm-ar-b4",
     "bd3lm-ar-b4-more",
     "bd3lm-ar-b4-more2",

@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GPU_TESTS = ["tests/test_gpu.py", "tests/test_checkpoints.py", "tests/test_env.py"]
 # the frontier's diffusion models on a GPU: the best by ELBO with blocks of 2 and of 4 (README)
-FRONTIER_MODELS = ("bd3lm-ar-b2-more", "bd3lm-ar-b4-more2")
+FRONTIER_MODELS = ("bd3lm-ar-b2-look2", "bd3lm-ar-b4-more2")
 # each step's share of the budget (fractions; unused time passes to the next step)
 SHARES = dict(tests=0.2, bench=0.35, frontier=0.15, train=0.06, roofline=0.1, suite=0.14)
 
