@@ -55,6 +55,8 @@ from course_lib import (  # noqa: E402
 MODELS = (
     "bd3lm-ar-b2:0.9",
     "bd3lm-ar-b2-more:0.95",
+    "bd3lm-ar-b2-look:0.95",
+    "bd3lm-ar-b2-look2:0.95",
     "bd3lm-ar-b4-more:0.9",
     "bd3lm-ar-b4-more2:0.9",
 )
