@@ -53,7 +53,8 @@ def lookahead_attention_mask(
     length..2*length-1 the clean copy, both at positions 0..length-1. A window token i sees
     the window tokens of its own window in blocks up to its own (block-causal, as a row
     reads them) and the clean tokens before its window's start; a clean token sees clean
-    tokens block-causally and never a window token.
+    tokens block-causally and never a window token. With windows of one block it is BD3-LM's
+    `diffusion.bd3lm_attention_mask`, of which this is the generalisation (tested equal).
     """
     if window % block_len or length % window:
         raise ValueError(

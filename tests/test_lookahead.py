@@ -84,6 +84,14 @@ def test_lookahead_attention_mask_by_hand():
     assert torch.equal(mask[8:, 8:].bool(), block[None, :] <= block[:, None])
 
 
+@pytest.mark.parametrize(("length", "block_len"), [(8, 2), (12, 4), (16, 16)])
+def test_windows_of_one_block_are_bd3lms_mask(length, block_len):
+    assert torch.equal(
+        lookahead.lookahead_attention_mask(length, block_len, block_len),
+        diffusion.bd3lm_attention_mask(length, block_len),
+    )
+
+
 def test_the_objective_adds_the_lookahead_loss_to_bd3lm_and_evaluates_bits():
     model = make()
     batch = torch.randint(0, V, (3, L + 1), generator=torch.Generator().manual_seed(1))
